@@ -1,0 +1,69 @@
+"""Architecture profiles: page and table sizes and ``arch_needs_pgtable_deposit()``.
+
+Models include/linux/pgtable.h (``arch_needs_pgtable_deposit``), the per-arch PTRS_PER_* constants and what
+``mm_inc_nr_ptes/pmds/puds`` add to ``mm->pgtables_bytes`` (spec upstream.md §5.2). x86_64 is validated against
+the live kernel; the others come from the specs. Left out: ppc64 PTE fragments sharing a page are counted only
+in ``pagetable_page_bytes`` (NR_PAGETABLE), riscv runtime folding is treated as 4 levels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thpsim.errors import ThpsimError
+
+
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    page_size: int
+    ptrs_per_pte: int
+    pte_table_bytes: int      # what mm_inc_nr_ptes adds
+    pmd_table_bytes: int      # what mm_inc_nr_pmds adds (0 if folded)
+    pud_table_bytes: int      # what mm_inc_nr_puds adds (0 if folded)
+    ptrs_per_pmd: int
+    ptrs_per_pud: int
+    needs_pgtable_deposit: bool = False   # arch_needs_pgtable_deposit()
+    pagetable_page_bytes: int = 4096      # NR_PAGETABLE unit for one PTE table (whole pages)
+    validated_live: bool = False
+
+    @property
+    def pmd_size(self) -> int:
+        return self.page_size * self.ptrs_per_pte
+
+    @property
+    def pud_size(self) -> int:
+        return self.pmd_size * self.ptrs_per_pmd
+
+    @property
+    def p4d_size(self) -> int:
+        return self.pud_size * self.ptrs_per_pud
+
+    @property
+    def hpage_pmd_nr(self) -> int:
+        return self.ptrs_per_pte
+
+
+ARCHES: dict[str, Arch] = {
+    a.name: a
+    for a in (
+        Arch("x86_64", 4096, 512, 4096, 4096, 4096, 512, 512, validated_live=True),
+        Arch("arm64-4k", 4096, 512, 4096, 4096, 4096, 512, 512),
+        Arch("arm64-16k", 16384, 2048, 16384, 16384, 16384, 2048, 2048, pagetable_page_bytes=16384),
+        Arch("arm64-64k", 65536, 8192, 65536, 65536, 0, 8192, 64, pagetable_page_bytes=65536),
+        Arch("ppc64-hash", 65536, 256, 2048, 4096 * 2, 4096, 256 * 1, 512, needs_pgtable_deposit=True,
+             pagetable_page_bytes=65536),
+        Arch("ppc64-radix", 65536, 32, 256, 256 * 8 // 8 * 8, 4096, 8192 // 8, 512, pagetable_page_bytes=65536),
+        Arch("s390x", 4096, 256, 2048, 16384, 16384, 2048, 2048, pagetable_page_bytes=4096),
+        Arch("riscv64", 4096, 512, 4096, 4096, 4096, 512, 512),
+    )
+}
+ARCHES["arm64"] = ARCHES["arm64-4k"]
+ARCHES["ppc64"] = ARCHES["ppc64-radix"]
+
+
+def get_arch(name: str) -> Arch:
+    try:
+        return ARCHES[name]
+    except KeyError:
+        raise ThpsimError(f"unknown arch {name!r}; choose one of: {', '.join(sorted(ARCHES))}") from None

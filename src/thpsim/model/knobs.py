@@ -1,0 +1,54 @@
+"""Kernel knobs that change THP page-table behaviour, as one frozen value object.
+
+Models /sys/kernel/mm/transparent_hugepage/{enabled,defrag,use_zero_page,khugepaged/max_ptes_*} and the
+config options CONFIG_PT_RECLAIM, CONFIG_PERSISTENT_HUGE_ZERO_FOLIO, CONFIG_THP_SWAP, CONFIG_PGTABLE_LEVELS,
+CONFIG_NO_PAGE_MAPCOUNT, plus whether swap is present. The live runner fills it from sysfs and
+/proc/config.gz (thpsim.live.env) so the model matches the running kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from thpsim.errors import ThpsimError
+
+THP_MODES = ("always", "madvise", "never")
+
+
+@dataclass(frozen=True)
+class Knobs:
+    thp_enabled: str = "madvise"
+    thp_defrag: str = "madvise"
+    use_zero_page: bool = True
+    pt_reclaim: bool = True
+    max_ptes_none: int = 511
+    max_ptes_swap: int = 64
+    max_ptes_shared: int = 256
+    swap: bool = False
+    thp_swap: bool = True
+    pgtable_levels: int = 4
+    persistent_huge_zero: bool = False
+    huge_zero_allocated: bool = False   # is the global huge zero folio already allocated at trace start?
+    no_page_mapcount: bool = False
+
+    def __post_init__(self) -> None:
+        if self.thp_enabled not in THP_MODES:
+            raise ThpsimError(f"thp_enabled must be one of {', '.join(THP_MODES)} (got {self.thp_enabled!r})")
+        if not 0 <= self.max_ptes_none <= 511:
+            raise ThpsimError(f"max_ptes_none must be 0..511 (got {self.max_ptes_none})")
+        if self.pgtable_levels not in (4, 5):
+            raise ThpsimError(f"pgtable_levels must be 4 or 5 (got {self.pgtable_levels})")
+
+    def with_overrides(self, items: dict[str, Any] | tuple[tuple[str, Any], ...]) -> Knobs:
+        """Apply trace-header or CLI overrides; unknown names are an error that lists the known ones."""
+        d = dict(items)
+        known = {f.name for f in fields(self)}
+        alias = {"enabled": "thp_enabled", "defrag": "thp_defrag"}
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            k = alias.get(k, k)
+            if k not in known:
+                raise ThpsimError(f"unknown kernel knob {k!r}; known: {', '.join(sorted(known))}")
+            out[k] = v
+        return replace(self, **out)

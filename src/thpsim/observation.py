@@ -1,0 +1,142 @@
+"""The observation record: what both engines (model and live kernel) report after every trace step.
+
+Per-process values are changes since that process's baseline (the trace start for ``main``; for a forked child,
+what a child forked from the untouched baseline would have), so they cover exactly the arena and nothing the
+interpreter does. Addresses are arena offsets. Global counters (vmstat thp_*, meminfo) are changes since the
+trace start; other processes can disturb them on a live host, so :func:`thpsim.analysis.diff` compares them
+separately and marks them noisy.
+
+Page-map run kinds (from PAGEMAP_SCAN categories + kpageflags on the live side):
+  ``pmd``       present, mapped by a huge anonymous PMD
+  ``pmd_zero``  the huge zero page mapped by a PMD
+  ``pte_thp``   present, PTE-mapped page of a large (PMD-order) folio
+  ``pte``       present, PTE-mapped order-0 page
+  ``zero``      the 4 KiB shared zero page
+  ``swap``      swapped out
+  ``guard``     a guard region (MADV_GUARD_INSTALL)
+Unpopulated ranges have no run.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+RUN_KINDS = ("pmd", "pmd_zero", "pte_thp", "pte", "zero", "swap", "guard")
+# global counters reported (deltas since trace start)
+VMSTAT_FIELDS = (
+    "thp_fault_alloc", "thp_fault_fallback", "thp_fault_fallback_charge", "thp_collapse_alloc",
+    "thp_collapse_alloc_failed", "thp_split_page", "thp_split_page_failed", "thp_deferred_split_page",
+    "thp_underused_split_page", "thp_split_pmd", "thp_split_pmd_failed", "thp_zero_page_alloc",
+    "thp_zero_page_alloc_failed", "thp_swpout", "thp_swpout_fallback", "thp_migration_success",
+    "thp_migration_fail", "thp_migration_split", "thp_scan_exceed_none_pte",
+)
+MEMINFO_FIELDS = ("AnonHugePages", "PageTables", "AnonPages")
+# global counters that depend on state outside the trace (system-wide huge zero folio)
+NOISY_ALWAYS = frozenset({"thp_zero_page_alloc"})
+
+
+@dataclass(frozen=True)
+class VmaObs:
+    """One VMA inside the arena, as /proc/PID/smaps shows it (kB)."""
+
+    start: int
+    end: int
+    perms: str           # "rw-p"
+    rss_kb: int = 0
+    anonymous_kb: int = 0
+    anon_huge_kb: int = 0
+    lazyfree_kb: int = 0
+    locked_kb: int = 0
+    swap_kb: int = 0
+
+
+@dataclass(frozen=True)
+class Run:
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True)
+class ProcObs:
+    proc: str
+    vm_pte_kb: int = 0
+    vm_rss_kb: int = 0
+    rss_anon_kb: int = 0
+    vm_lck_kb: int = 0
+    vm_swap_kb: int = 0
+    vmas: tuple[VmaObs, ...] = ()
+    pagemap: tuple[Run, ...] = ()
+
+    def rollup(self) -> dict[str, int]:
+        """smaps_rollup restricted to the arena."""
+        keys = ("rss_kb", "anonymous_kb", "anon_huge_kb", "lazyfree_kb", "locked_kb", "swap_kb")
+        return {k: sum(getattr(v, k) for v in self.vmas) for k in keys}
+
+
+@dataclass(frozen=True)
+class StepObs:
+    step: int
+    line: int
+    op: str
+    proc: str
+    result: int | str | None = None      # return value (arena offset for mmap/mremap) or errno name / "SIGSEGV"
+    data: str | None = None              # digest of the bytes a read returned
+    procs: tuple[ProcObs, ...] = ()
+    vmstat: tuple[tuple[str, int], ...] = ()   # nonzero deltas since trace start
+    meminfo: tuple[tuple[str, int], ...] = ()  # kB deltas since trace start
+    notes: tuple[str, ...] = ()          # engine remarks (e.g. "model-only op skipped on live")
+    violations: tuple[str, ...] = field(default=())  # data-contract / invariant reports (model)
+
+    def proc_obs(self, name: str) -> ProcObs | None:
+        return next((p for p in self.procs if p.proc == name), None)
+
+    def counter(self, name: str) -> int:
+        return dict(self.vmstat).get(name, 0)
+
+
+def to_dict(obj: Any) -> Any:
+    """JSON-ready form of an observation (deterministic key order)."""
+    if hasattr(obj, "__dataclass_fields__"):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        if obj and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in obj):
+            return {k: to_dict(v) for k, v in obj}
+        return [to_dict(x) for x in obj]
+    return obj
+
+
+def from_dict(d: dict[str, Any]) -> StepObs:
+    """Inverse of to_dict for StepObs (used by the live runner's child → parent pipe)."""
+    procs = tuple(
+        ProcObs(**{**p, "vmas": tuple(VmaObs(**v) for v in p.get("vmas", ())),
+                   "pagemap": tuple(Run(**r) for r in p.get("pagemap", ()))})
+        for p in d.get("procs", ())
+    )
+    return StepObs(
+        step=d["step"], line=d["line"], op=d["op"], proc=d["proc"], result=d.get("result"), data=d.get("data"),
+        procs=procs, vmstat=tuple(sorted(d.get("vmstat", {}).items())),
+        meminfo=tuple(sorted(d.get("meminfo", {}).items())), notes=tuple(d.get("notes", ())),
+        violations=tuple(d.get("violations", ())),
+    )
+
+
+def dumps(steps: list[StepObs] | tuple[StepObs, ...]) -> str:
+    return "\n".join(json.dumps(to_dict(s), sort_keys=False) for s in steps) + ("\n" if steps else "")
+
+
+def merge_runs(runs: list[Run]) -> tuple[Run, ...]:
+    """Sort and coalesce adjacent runs of the same kind."""
+    out: list[Run] = []
+    for r in sorted(runs, key=lambda r: r.start):
+        if out and out[-1].kind == r.kind and out[-1].end == r.start:
+            out[-1] = Run(out[-1].start, r.end, r.kind)
+        else:
+            out.append(r)
+    return tuple(out)
+
+
+__all__ = ["VmaObs", "Run", "ProcObs", "StepObs", "to_dict", "from_dict", "dumps", "merge_runs", "asdict",
+           "RUN_KINDS", "VMSTAT_FIELDS", "MEMINFO_FIELDS", "NOISY_ALWAYS"]
