@@ -1,0 +1,322 @@
+"""Run a resolved trace on the live kernel and observe it after every step.
+
+Design (see docs/live.md):
+
+* Every trace runs in a fresh child interpreter (``python -m thpsim.live._child``) with glibc malloc, a large
+  pre-faulted heap and every mapping outside the arena populated, so the interpreter itself does not move
+  VmRSS/RssAnon/VmPTE between snapshots. The arena sits at ARENA_BASE (32 TiB), alone in its 512 GiB PGD slot,
+  so every page table under it belongs to the trace.
+* The child only issues syscalls and memory accesses. All observation is done from this (the calling) process
+  by reading /proc/PID/{status,smaps,maps,pagemap} of each live trace process, /proc/kpageflags, /proc/vmstat
+  and /proc/meminfo — nothing runs inside the observed processes between steps.
+* Forked trace processes run the same command loop on a socketpair; their parent relays commands to them.
+* Baselines: ``main`` = its values right before the first op. A forked child's baseline = the values of a
+  calibration child forked (and set up exactly like a real one) while the arena was still empty.
+
+Errors: a crashing or hanging child raises :class:`LiveRunError`, whose ``steps`` holds the observations
+recorded so far and whose message names the last completed step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from thpsim.errors import ThpsimError
+from thpsim.live import procfs
+from thpsim.live.pagemap import PagemapReader
+from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs
+from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
+
+MODEL_ONLY_NOTE = "model-only op: not run on the live kernel"
+CALIBRATION_PROC = "__calibration__"
+_MiB = 1024 * 1024
+
+
+class LiveRunError(ThpsimError):
+    """The live run could not complete; ``steps`` holds the observations recorded before the failure."""
+
+    def __init__(self, message: str, *, steps: list[StepObs] | None = None, last_step: int | None = None) -> None:
+        self.steps = list(steps or [])
+        self.last_step = last_step
+        super().__init__(message)
+
+
+def child_env() -> dict[str, str]:
+    """Environment of the arena-owning child: glibc malloc, big top pad, no trimming, no mmap'd chunks."""
+    env = dict(os.environ)
+    src = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update({
+        "PYTHONMALLOC": "malloc",
+        "MALLOC_TOP_PAD_": str(64 * _MiB),
+        "MALLOC_MMAP_THRESHOLD_": str(32 * _MiB),
+        "MALLOC_TRIM_THRESHOLD_": str(1 << 40),
+        "MALLOC_ARENA_MAX": "1",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+    })
+    return env
+
+
+def address_space_budget(trace: Trace) -> int:
+    """RLIMIT_AS for the child: everything the trace could map, plus 4 GiB for the interpreter."""
+    total = 0
+    for op in trace.ops:
+        if op.kind == "mmap":
+            total += op.length
+        elif op.kind == "mremap":
+            total += op.new_length
+    return min(total, ARENA_SIZE) + 4 * GiB
+
+
+def op_message(op: Op) -> dict[str, Any]:
+    return {"kind": op.kind, "start": op.start, "length": op.length, "prot": op.prot, "flags": list(op.flags),
+            "advice": op.advice, "new_length": op.new_length, "dest": op.dest, "stride": op.stride,
+            "fill": op.fill, "byte": op.byte, "child": op.child}
+
+
+@dataclass
+class _LiveProc:
+    name: str
+    pid: int
+    path: list[str]
+    base: procfs.Status
+    children: list[str] = field(default_factory=list)
+
+
+def _has_pku() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            return " ospke" in f.read()
+    except OSError:
+        return False
+
+
+def access_faults(pid: int, start: int, end: int, stride: int, write: bool, *, pku: bool = True) -> bool:
+    """Would touching one byte at every ``stride`` of [start, end) (absolute) fault in process ``pid``?
+
+    A touched page faults if no VMA covers it, the VMA forbids the access (write needs 'w'; read needs 'r' or
+    'w', or 'x' without protection keys), or it holds a guard marker (MADV_GUARD_INSTALL).
+    """
+    if end <= start:
+        return False
+    bad: list[tuple[int, int]] = []
+    pos = start
+    for lo, hi, perms, _name in procfs.read_maps(pid):
+        if hi <= start or lo >= end:
+            continue
+        if lo > pos:
+            bad.append((pos, lo))
+        ok = "w" in perms if write else ("r" in perms or "w" in perms or ("x" in perms and not pku))
+        if not ok:
+            bad.append((max(lo, start), min(hi, end)))
+        pos = max(pos, hi)
+    if pos < end:
+        bad.append((pos, end))
+    if not bad:
+        with PagemapReader(pid) as pm:
+            bad = pm.guard_ranges(start, end)
+    for bs, be in bad:
+        k = max(0, -(-(bs - start) // stride))
+        a = start + k * stride
+        if a < be and a < end:
+            return True
+    return False
+
+
+class _Session:
+    def __init__(self, trace: Trace, timeout: float) -> None:
+        self.trace = trace
+        self.deadline = time.monotonic() + timeout
+        self.timeout = timeout
+        self.steps: list[StepObs] = []
+        self.procs: dict[str, _LiveProc] = {}
+        self.child_base: procfs.Status | None = None
+        self.pku = _has_pku()
+        self.p = subprocess.Popen(
+            [sys.executable, "-m", "thpsim.live._child", str(address_space_budget(trace))],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
+            cwd="/", close_fds=True)
+        self.buf = b""
+
+    # -- transport
+    def call(self, path: list[str], msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.p.stdin is not None and self.p.stdout is not None
+        data = (json.dumps({**msg, "path": path}) + "\n").encode()
+        try:
+            self.p.stdin.write(data)
+            self.p.stdin.flush()
+        except BrokenPipeError:
+            raise self._died() from None
+        fd = self.p.stdout.fileno()
+        while b"\n" not in self.buf:
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise self._fail(f"the live run exceeded its {self.timeout:g} s timeout")
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                raise self._died()
+            self.buf += chunk
+        line, _, self.buf = self.buf.partition(b"\n")
+        reply = json.loads(line)
+        if "error" in reply:
+            raise self._fail(f"the live child reported: {reply['error']}")
+        return reply
+
+    def _where(self) -> str:
+        if not self.steps:
+            return "before the first step completed"
+        s = self.steps[-1]
+        return f"after step {s.step} (line {s.line}: {s.op})"
+
+    def _fail(self, why: str) -> LiveRunError:
+        self.close(kill=True)
+        last = self.steps[-1].step if self.steps else None
+        return LiveRunError(f"live run of {self.trace.source} failed {self._where()}: {why}", steps=self.steps,
+                            last_step=last)
+
+    def _died(self) -> LiveRunError:
+        err = b""
+        with contextlib.suppress(Exception):
+            self.p.wait(timeout=2)
+            if self.p.stderr is not None:
+                err = self.p.stderr.read()[-400:]
+        tail = err.decode(errors="replace").strip().splitlines()
+        why = f"the live child exited unexpectedly (status {self.p.returncode})"
+        if tail:
+            why += f": {tail[-1]}"
+        return self._fail(why)
+
+    def close(self, kill: bool = False) -> None:
+        if self.p.poll() is None:
+            if kill:
+                self.p.kill()
+            else:
+                with contextlib.suppress(Exception):
+                    self.p.stdin.close()  # type: ignore[union-attr]
+                try:
+                    self.p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.p.kill()
+        with contextlib.suppress(Exception):
+            self.p.wait(timeout=10)
+        for s in (self.p.stdin, self.p.stdout, self.p.stderr):
+            with contextlib.suppress(Exception):
+                s.close()  # type: ignore[union-attr]
+
+    # -- observation
+    def status(self, pid: int) -> procfs.Status:
+        return procfs.read_status(pid)
+
+    def observe_proc(self, lp: _LiveProc) -> ProcObs:
+        d = self.status(lp.pid).minus(lp.base)
+        vmas = tuple(
+            VmaObs(start=v.start - ARENA_BASE, end=v.end - ARENA_BASE, perms=v.perms, rss_kb=v.get("Rss"),
+                   anonymous_kb=v.get("Anonymous"), anon_huge_kb=v.get("AnonHugePages"),
+                   lazyfree_kb=v.get("LazyFree"), locked_kb=v.get("Locked"), swap_kb=v.get("Swap"))
+            for v in procfs.read_smaps(lp.pid) if v.start >= ARENA_BASE and v.end <= ARENA_BASE + ARENA_SIZE)
+        with PagemapReader(lp.pid) as pm:
+            runs = pm.runs(ARENA_BASE, ARENA_BASE + ARENA_SIZE, base=ARENA_BASE)
+        return ProcObs(proc=lp.name, vm_pte_kb=d.vm_pte_kb, vm_rss_kb=d.vm_rss_kb, rss_anon_kb=d.rss_anon_kb,
+                       vm_lck_kb=d.vm_lck_kb, vm_swap_kb=d.vm_swap_kb, vmas=vmas, pagemap=runs)
+
+    def globals_now(self) -> tuple[dict[str, int], dict[str, int]]:
+        vm = procfs.read_vmstat(refresh=True)
+        mi = procfs.read_meminfo(refresh=False)
+        return ({k: vm.get(k, 0) for k in VMSTAT_FIELDS}, {k: mi.get(k, 0) for k in MEMINFO_FIELDS})
+
+    def record(self, idx: int, op: Op, result: int | str | None, data: str | None, notes: tuple[str, ...]) -> None:
+        order = [n for n in self.trace.procs() if n in self.procs]
+        procs = tuple(self.observe_proc(self.procs[n]) for n in order)
+        vm, mi = self.globals_now()
+        vmd = tuple(sorted((k, v - self.vm0[k]) for k, v in vm.items() if v != self.vm0[k]))
+        mid = tuple(sorted((k, v - self.mi0[k]) for k, v in mi.items() if v != self.mi0[k]))
+        self.steps.append(StepObs(step=idx, line=op.line, op=op.describe(), proc=op.proc, result=result,
+                                  data=data, procs=procs, vmstat=vmd, meminfo=mid, notes=notes))
+
+    # -- driving
+    def start(self) -> None:
+        hello = self.call([], {"cmd": "hello"})
+        self.call([], {"cmd": "warmup"})
+        # calibration fork: a child forked while the arena is empty, set up like every real child
+        r = self.call([], {"cmd": "op", "op": {"kind": "fork", "child": CALIBRATION_PROC}})
+        if r.get("result") != 0:
+            raise self._fail(f"the calibration fork failed: {r.get('result')}")
+        self.child_base = self.status(int(r["pid"]))
+        self.call([CALIBRATION_PROC], {"cmd": "op", "op": {"kind": "exit"}})
+        main_pid = int(hello["pid"])
+        self.procs["main"] = _LiveProc("main", main_pid, [], self.status(main_pid))
+        self.vm0, self.mi0 = self.globals_now()
+
+    def run_op(self, idx: int, op: Op) -> None:
+        if op.kind in MODEL_ONLY_OPS:
+            self.record(idx, op, None, None, (MODEL_ONLY_NOTE,))
+            return
+        if op.kind == "expect":
+            self.record(idx, op, None, None, ())
+            return
+        lp = self.procs.get(op.proc)
+        if lp is None:
+            raise self._fail(f"process {op.proc!r} is not alive on the live side")
+        if op.kind in ("read", "write") and access_faults(
+                lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, op.kind == "write", pku=self.pku):
+            self.record(idx, op, "SIGSEGV", None, ("access would fault: not performed",))
+            return
+        reply = self.call(lp.path, {"cmd": "op", "op": op_message(op)})
+        result = reply.get("result")
+        if op.kind == "fork" and result == 0:
+            assert self.child_base is not None
+            self.procs[op.child] = _LiveProc(op.child, int(reply["pid"]), [*lp.path, op.child], self.child_base)
+            lp.children.append(op.child)
+        elif op.kind == "exit":
+            self._drop(op.proc)
+        self.record(idx, op, result, reply.get("data"), ())
+
+    def _drop(self, name: str) -> None:
+        lp = self.procs.pop(name, None)
+        if lp is None:
+            return
+        for c in lp.children:
+            self._drop(c)
+        for other in self.procs.values():
+            if name in other.children:
+                other.children.remove(name)
+
+
+def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0) -> list[StepObs]:
+    """Run ``trace`` on the live kernel in a fresh child process; one StepObs per op.
+
+    ``allow_sysfs`` is accepted for the CLI; this version never writes sysfs, so model-only ops
+    (format.MODEL_ONLY_OPS, including khugepaged) are always recorded with result None and a note.
+    Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
+    Exit of ``main`` exits every still-live trace process first (the final observation lists none).
+    """
+    del allow_sysfs
+    s = _Session(trace, timeout)
+    try:
+        s.start()
+        for idx, op in enumerate(trace.ops):
+            s.run_op(idx, op)
+            if op.kind == "exit" and op.proc == "main":
+                break
+    except LiveRunError:
+        raise
+    except Exception as e:
+        raise s._fail(f"{type(e).__name__}: {e}") from e
+    finally:
+        s.close()
+    return s.steps
+
+
+__all__ = ["run_live", "LiveRunError", "MODEL_ONLY_NOTE", "access_faults", "child_env"]
