@@ -61,6 +61,7 @@ OP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "gup": ((), (*_REGION, "flags")),
     "uffd_move": (("to",), _REGION),
     "pagemap_scan_wp": ((), _REGION),
+    "uffd_wp": ((), _REGION),
     "migrate": ((), _REGION),
     "expect": ((), ()),
 }
@@ -69,7 +70,7 @@ COMMON_FIELDS = ("op", "proc", "expect", "note")
 REGION_OPS = {k for k, (_req, opt) in OP_FIELDS.items() if "len" in opt and k != "mmap"}
 # ops that only the model can run (the live kernel offers no unprivileged, side-effect-free trigger)
 MODEL_ONLY_OPS = frozenset({"khugepaged", "shrink_deferred", "reclaim", "gup", "uffd_move", "pagemap_scan_wp",
-                            "migrate"})
+                            "migrate", "uffd_wp"})
 
 _SIZE_RE = re.compile(r"^\s*(0x[0-9a-fA-F]+|\d+)\s*([KMGT]?)i?B?\s*$")
 _UNITS = {"": 1, "K": KiB, "M": MiB, "G": GiB, "T": TiB}

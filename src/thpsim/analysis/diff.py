@@ -1,0 +1,127 @@
+"""Step-by-step comparison of two observation streams (model vs live kernel, or two designs).
+
+Per-process fields (status values, smaps per VMA, page-map runs), the syscall result and the read digest are
+compared exactly. Global counters (vmstat thp_*, meminfo) can be moved by other processes on a live host, so they
+are compared separately: thp_* deltas must match too (on a quiet host), meminfo deltas (which include the
+interpreter's own tables after a fork) and ``thp_zero_page_alloc`` (it depends on whether the system-wide huge
+zero folio already existed) are reported but marked *noisy* and do not make a run differ. Steps the live side did not run (model-only
+ops) end the comparison of that trace: later states are not comparable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from thpsim.observation import NOISY_ALWAYS, ProcObs, StepObs
+
+PROC_FIELDS = ("vm_pte_kb", "vm_rss_kb", "rss_anon_kb", "vm_lck_kb", "vm_swap_kb")
+VMA_FIELDS = ("perms", "rss_kb", "anonymous_kb", "anon_huge_kb", "lazyfree_kb", "locked_kb", "swap_kb")
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    step: int
+    line: int
+    op: str
+    proc: str
+    field: str
+    left: Any
+    right: Any
+    noisy: bool = False
+
+    def describe(self, left: str = "model", right: str = "live") -> str:
+        tag = " (noisy)" if self.noisy else ""
+        who = f" {self.proc}" if self.proc else ""
+        return f"step {self.step} (line {self.line}, {self.op}){who}: {self.field}: {left}={self.left!r} " \
+               f"{right}={self.right!r}{tag}"
+
+
+@dataclass
+class DiffResult:
+    mismatches: list[Mismatch] = field(default_factory=list)
+    compared_steps: int = 0
+    stopped_at: int | None = None      # first model-only step (not comparable afterwards)
+    note: str = ""
+
+    @property
+    def identical(self) -> bool:
+        return not any(not m.noisy for m in self.mismatches)
+
+    @property
+    def exact(self) -> list[Mismatch]:
+        return [m for m in self.mismatches if not m.noisy]
+
+    @property
+    def noisy(self) -> list[Mismatch]:
+        return [m for m in self.mismatches if m.noisy]
+
+
+def _runs(p: ProcObs) -> list[tuple[int, int, str]]:
+    return [(r.start, r.end, r.kind) for r in p.pagemap]
+
+
+def diff_proc(step: StepObs, a: ProcObs, b: ProcObs) -> list[Mismatch]:
+    out: list[Mismatch] = []
+
+    def mm(fld: str, x: Any, y: Any) -> None:
+        out.append(Mismatch(step.step, step.line, step.op, a.proc, fld, x, y))
+
+    for f in PROC_FIELDS:
+        if getattr(a, f) != getattr(b, f):
+            mm(f, getattr(a, f), getattr(b, f))
+    av = {(v.start, v.end): v for v in a.vmas}
+    bv = {(v.start, v.end): v for v in b.vmas}
+    if list(av) != list(bv):
+        mm("vmas", [f"{s:#x}-{e:#x}" for s, e in av], [f"{s:#x}-{e:#x}" for s, e in bv])
+    for key in av.keys() & bv.keys():
+        for f in VMA_FIELDS:
+            x, y = getattr(av[key], f), getattr(bv[key], f)
+            if x != y:
+                mm(f"smaps[{key[0]:#x}-{key[1]:#x}].{f}", x, y)
+    if _runs(a) != _runs(b):
+        mm("pagemap", _fmt_runs(a), _fmt_runs(b))
+    return out
+
+
+def _fmt_runs(p: ProcObs) -> list[str]:
+    return [f"{r.start:#x}-{r.end:#x}:{r.kind}" for r in p.pagemap]
+
+
+def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: frozenset[str] = frozenset(),
+               compare_globals: bool = True) -> DiffResult:
+    res = DiffResult()
+    for a, b in zip(left, right, strict=False):
+        if a.op in model_only_ops:
+            res.stopped_at = a.step
+            res.note = f"step {a.step} ({a.op}) is model-only; later steps are not compared"
+            break
+        res.compared_steps += 1
+        if a.result != b.result:
+            res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "result", a.result, b.result))
+        if a.data != b.data:
+            res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "data", a.data, b.data))
+        ap = {p.proc: p for p in a.procs}
+        bp = {p.proc: p for p in b.procs}
+        if list(ap) != list(bp):
+            res.mismatches.append(Mismatch(a.step, a.line, a.op, "", "processes", list(ap), list(bp)))
+        for name in ap.keys() & bp.keys():
+            res.mismatches += diff_proc(a, ap[name], bp[name])
+        if compare_globals:
+            for kind, xs, ys in (("vmstat", dict(a.vmstat), dict(b.vmstat)), ("meminfo", dict(a.meminfo),
+                                                                               dict(b.meminfo))):
+                for key in sorted(xs.keys() | ys.keys()):
+                    if key == "thp_split_pmd_failed":
+                        continue
+                    if xs.get(key, 0) != ys.get(key, 0):
+                        noisy = kind == "meminfo" or key in NOISY_ALWAYS
+                        res.mismatches.append(Mismatch(a.step, a.line, a.op, "", f"{kind}.{key}", xs.get(key, 0),
+                                                       ys.get(key, 0), noisy=noisy))
+    if len(left) != len(right) and res.stopped_at is None:
+        res.mismatches.append(Mismatch(min(len(left), len(right)), 0, "", "", "steps", len(left), len(right)))
+    return res
+
+
+def thp_deltas(steps: list[StepObs]) -> dict[str, int]:
+    """thp_* counters at the end of a run (changes since the trace start)."""
+    return dict(steps[-1].vmstat) if steps else {}

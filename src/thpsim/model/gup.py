@@ -1,0 +1,55 @@
+"""get_user_pages / pin_user_pages (mm/gup.c): faulting in, FOLL_PIN, and FOLL_SPLIT_PMD in follow_pmd_mask.
+
+A pin raises the folio's pin count until the pinning process exits (then it is dropped), which makes fork copy
+the page (``folio_try_dup_anon_rmap`` fails) and collapse refuse it. With FOLL_SPLIT_PMD (uprobes) a huge PMD is
+split first; under the lazy design that split can fail and GUP returns -ENOMEM, or the number of pages already
+pinned (series 08/21).
+Left out: GUP-fast, FOLL_LONGTERM migration out of movable zones, unsharing of R/O pins.
+"""
+
+from __future__ import annotations
+
+from thpsim.model import huge_memory, memory
+from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
+from thpsim.model.pgtable import PTE_PAGE, HugePmd
+
+ENOMEM, EFAULT = -12, -14
+
+
+def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ...]) -> int:
+    write = "write" in flags
+    pin = "pin" in flags or "longterm" in flags
+    done = 0
+    a = start
+    while a < end:
+        vma = mm.vmas.find(a)
+        if vma is None:
+            return done or EFAULT
+        if memory.fault_in_range(k, mm, a, a + k.page, write=write) != VM_FAULT_OK:
+            return done or EFAULT
+        if "split_pmd" in flags and isinstance(mm.pt.slot(a), HugePmd):
+            if huge_memory.__split_huge_pmd(k, mm, vma, a, caller="follow_pmd_mask") != 0:
+                return done or ENOMEM
+        if pin:
+            s = mm.pt.slot(a)
+            f = None
+            if isinstance(s, HugePmd):
+                f = s.folio
+            else:
+                pte = mm.pt.get_pte(a)
+                if pte is not None and pte.kind == PTE_PAGE:
+                    f = pte.folio
+            if f is not None:
+                f.pins += 1
+                k.pins.setdefault(mm.name, []).append(f)
+        done += 1
+        a += k.page
+    return done
+
+
+def unpin_all(k: Kernel, mm: MM) -> None:
+    from thpsim.model.rmap import _maybe_free
+
+    for f in k.pins.pop(mm.name, []):
+        f.pins -= 1
+        _maybe_free(k, f)

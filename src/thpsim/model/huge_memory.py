@@ -1,0 +1,391 @@
+"""Anonymous PMD-mapped THPs (mm/huge_memory.c).
+
+Models: THP eligibility (``thp_vma_allowable_order`` / ``thp_vma_suitable_order``), the anonymous THP fault
+(``do_huge_pmd_anonymous_page`` / ``__do_huge_pmd_anonymous_page``), the huge zero page (``set_huge_zero_folio``,
+``mm_get_huge_zero_folio``), COW (``do_huge_pmd_wp_page``, ``do_huge_zero_wp_pmd``), PMD splits
+(``__split_huge_pmd``, ``__split_huge_pmd_locked``, ``split_huge_pmd_address``, ``vma_adjust_trans_huge``),
+``zap_huge_pmd``, ``copy_huge_pmd``, ``move_huge_pmd``, ``change_huge_pmd``, ``madvise_free_huge_pmd``, folio
+splits (``split_folio`` → ``__folio_split`` with zero-filled subpages remapped to the shared zero page) and the
+deferred-split shrinker (``deferred_split_scan``, underused THPs).
+
+Where the table comes from is the design's question (``k.design.deposit``): upstream deposits at creation and
+withdraws at split; the lazy series allocates at split (``pte_alloc_one@split``) and the split can fail with
+-ENOMEM, counted in ``thp_split_pmd_failed``.
+
+Left out: file/shmem/DAX PMDs, PMD migration entries (NUMA), userfaultfd-wp bits, mTHP orders.
+"""
+
+from __future__ import annotations
+
+from thpsim.model import rmap
+from thpsim.model.folio import Folio, content_is_zero
+from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
+
+ENOMEM = -12
+
+
+# ---- eligibility ----------------------------------------------------------------------------------------------
+def thp_vma_allowable(k: Kernel, vma: Vma, *, enforce_sysfs: bool = True) -> bool:
+    """thp_vma_allowable_order(vma, PMD_ORDER) for an anonymous VMA."""
+    if vma.flags & VM_NOHUGEPAGE:
+        return False
+    if not enforce_sysfs:
+        return True
+    mode = k.knobs.thp_enabled
+    if mode == "always":
+        return True
+    if mode == "madvise":
+        return bool(vma.flags & VM_HUGEPAGE)
+    return False
+
+
+def thp_vma_suitable(k: Kernel, vma: Vma, haddr: int) -> bool:
+    return vma.start <= haddr and haddr + k.pmd_size <= vma.end
+
+
+# ---- faults ---------------------------------------------------------------------------------------------------
+def mm_get_huge_zero_folio(k: Kernel, mm: MM) -> bool:
+    if mm.huge_zero_ref:
+        return True
+    if not k.huge_zero_allocated:
+        if not k.alloc.alloc("folio@huge_zero", k.nr):
+            k.vmstat.count("thp_zero_page_alloc_failed")
+            return False
+        k.huge_zero_allocated = True
+        k.vmstat.count("thp_zero_page_alloc")
+    mm.huge_zero_ref = True
+    k.huge_zero_users += 1
+    return True
+
+
+def do_huge_pmd_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bool) -> int:
+    haddr = addr & ~(k.pmd_size - 1)
+    if not thp_vma_suitable(k, vma, haddr):
+        return VM_FAULT_FALLBACK
+    if vma.anon_vma is None:
+        vma.anon_vma = k.new_anon_vma()
+    deposit = k.design.deposit
+    if not write and k.knobs.use_zero_page:
+        if deposit and not k.pte_alloc_one("pte_alloc_one@huge_zero"):
+            return VM_FAULT_OOM
+        if not mm_get_huge_zero_folio(k, mm):
+            if deposit:
+                k.pte_free()
+            k.vmstat.count("thp_fault_fallback")
+            return VM_FAULT_FALLBACK
+        mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(None, write=False, dirty=False)
+        if deposit:
+            mm.pt.deposit(haddr)
+        return VM_FAULT_OK
+    f = k.folio_alloc("folio@thp_fault", k.nr.bit_length() - 1)
+    if f is None:
+        k.vmstat.count("thp_fault_fallback")
+        k.vmstat.mthp["anon_fault_fallback"] += 1
+        return VM_FAULT_FALLBACK
+    return _map_new_thp(k, mm, vma, haddr, f, site="pte_alloc_one@fault")
+
+
+def _map_new_thp(k: Kernel, mm: MM, vma: Vma, haddr: int, f: Folio, *, site: str | None) -> int:
+    """__do_huge_pmd_anonymous_page / map_anon_folio_pmd_pf: deposit (if the design does), map, count."""
+    if k.design.deposit and site is not None and not k.pte_alloc_one(site):
+        k.folio_free(f)
+        return VM_FAULT_OOM
+    mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(f, write=vma.writable, dirty=True)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
+    if k.design.deposit and site is not None:
+        mm.pt.deposit(haddr)
+    k.vmstat.count("thp_fault_alloc")
+    k.vmstat.mthp["anon_fault_alloc"] += 1
+    rmap.deferred_split_folio(k, f, False)   # queued for the underused shrinker (no counter)
+    if vma.flags & VM_LOCKED:
+        f.mlocked = True
+    return VM_FAULT_OK
+
+
+def do_huge_pmd_wp_page(k: Kernel, mm: MM, vma: Vma, addr: int, hp: HugePmd) -> int:
+    """Write fault on a write-protected huge PMD: reuse, a new THP for the huge zero page, or split + fallback."""
+    haddr = addr & ~(k.pmd_size - 1)
+    if hp.is_zero:
+        f = k.folio_alloc("folio@thp_fault", k.nr.bit_length() - 1)
+        if f is not None:
+            # do_huge_zero_wp_pmd: the zero PMD's deposit (if any) is reused, no new table
+            rc = _map_new_thp(k, mm, vma, haddr, f, site=None)
+            return rc
+        k.vmstat.count("thp_fault_fallback")
+        k.vmstat.mthp["anon_fault_fallback"] += 1
+    else:
+        f = hp.folio
+        assert f is not None
+        if f.anon_exclusive or f.refcount() == 1:
+            f.anon_exclusive = True
+            hp.write = True
+            hp.dirty = True
+            return VM_FAULT_OK
+    if __split_huge_pmd(k, mm, vma, haddr, caller="do_huge_pmd_wp_page") != 0:
+        return VM_FAULT_OOM
+    return VM_FAULT_FALLBACK
+
+
+# ---- PMD split ------------------------------------------------------------------------------------------------
+def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str, freeze: bool = False,
+                     alloc_even_if_not_huge: bool = False) -> int:
+    """__split_huge_pmd(): 0 on success or when the PMD is not huge, -ENOMEM when the table allocation fails.
+
+    Under the lazy design the table is allocated before the PMD lock is taken, i.e. before knowing whether the
+    PMD is still huge; ``alloc_even_if_not_huge`` is the split_huge_pmd_address() path (spec series §3, 02/21).
+    """
+    haddr = addr & ~(k.pmd_size - 1)
+    slot = mm.pt.slot(haddr)
+    huge = isinstance(slot, HugePmd)
+    if not huge and not alloc_even_if_not_huge:
+        return 0
+    allocated = False
+    if not k.design.deposit:
+        if not k.pte_alloc_one("pte_alloc_one@split"):
+            k.vmstat.count("thp_split_pmd_failed")
+            k.log.failed_sites.append(caller)
+            return ENOMEM
+        allocated = True
+    if isinstance(slot, HugePmd):
+        __split_huge_pmd_locked(k, mm, vma, haddr, slot, caller=caller)
+    elif allocated:
+        k.pte_free()   # split_huge_pmd_locked found no huge PMD: the fresh table is freed, never counted
+    return 0
+
+
+def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd, *, caller: str) -> PteTable:
+    """Replace a huge PMD by a PTE table holding equivalent entries (the table is withdrawn or pre-allocated)."""
+    k.vmstat.count("thp_split_pmd")
+    k.log.split_sites.append(caller)
+    pt = mm.pt
+    if k.design.deposit:
+        pt.withdraw(haddr)
+    else:
+        pt.nr_ptes += 1      # mm_inc_nr_ptes for the freshly allocated table
+    table = PteTable()
+    pt.slots[haddr >> pt.pmd_shift] = table
+    ptes = table.ptes
+    if hp.is_zero:
+        for i in range(k.nr):
+            ptes[i] = Pte(PTE_ZERO)
+        return table
+    f = hp.folio
+    assert f is not None
+    if hp.dirty:
+        f.dirty = True
+    for i in range(k.nr):
+        ptes[i] = Pte(PTE_PAGE, f, i, write=hp.write, dirty=hp.dirty)
+    rmap.folio_add_anon_rmap_ptes(k, mm, f, range(k.nr), count_rss=False)
+    rmap.folio_remove_rmap_pmd(k, mm, f, count_rss=False)
+    return table
+
+
+def split_huge_pmd_address(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str) -> int:
+    """mm_find_pmd() returns any PMD once its PMD table exists; the lazy design then allocates regardless."""
+    if mm.pt.pmd_table_of(addr) is None:
+        return 0
+    return __split_huge_pmd(k, mm, vma, addr, caller=caller, alloc_even_if_not_huge=True)
+
+
+def split_huge_pmd_if_needed(k: Kernel, mm: MM, vma: Vma, address: int, *, caller: str) -> int:
+    p = k.pmd_size
+    if address % p and vma.start <= (address & ~(p - 1)) and ((address + p - 1) & ~(p - 1)) <= vma.end:
+        return split_huge_pmd_address(k, mm, vma, address, caller=caller)
+    return 0
+
+
+def vma_adjust_trans_huge(k: Kernel, mm: MM, vma: Vma, start: int, end: int, nxt: Vma | None,
+                          *, caller: str = "vma_adjust_trans_huge") -> int:
+    """Split the PMDs a VMA boundary change at start/end would cut; first error returned (series 02/21)."""
+    for v, a in ((vma, start), (vma, end), (nxt, end)):
+        if v is None:
+            continue
+        rc = split_huge_pmd_if_needed(k, mm, v, a, caller=caller)
+        if rc:
+            return rc
+    return 0
+
+
+# ---- zap / copy / move / change -------------------------------------------------------------------------------
+def zap_huge_pmd(k: Kernel, mm: MM, haddr: int) -> None:
+    pt = mm.pt
+    hp = pt.slots.pop(haddr >> pt.pmd_shift)
+    assert isinstance(hp, HugePmd)
+    if hp.folio is not None:
+        rmap.folio_remove_rmap_pmd(k, mm, hp.folio)
+    if k.design.deposit:
+        zap_deposited_table(k, mm, haddr)
+
+
+def zap_deposited_table(k: Kernel, mm: MM, haddr: int) -> None:
+    mm.pt.withdraw(haddr)
+    mm.pt.nr_ptes -= 1
+    k.pte_free()
+
+
+def copy_huge_pmd(k: Kernel, dst: MM, src: MM, src_vma: Vma, haddr: int, hp: HugePmd) -> int:
+    """fork: share the THP (or huge zero PMD) with the child. 0, -ENOMEM, or -EAGAIN (copy PTEs instead)."""
+    deposit = k.design.deposit
+    if deposit and not k.pte_alloc_one("pte_alloc_one@fork"):
+        return ENOMEM
+    if hp.is_zero:
+        mm_get_huge_zero_folio(k, dst)
+        dst.pt.slots[haddr >> dst.pt.pmd_shift] = HugePmd(None, write=False, dirty=False)
+        if deposit:
+            dst.pt.deposit(haddr)
+        return 0
+    f = hp.folio
+    assert f is not None
+    if f.pins and f.anon_exclusive:
+        # folio_try_dup_anon_rmap_pmd() failed: the folio may be pinned; split the parent, copy at PTE level
+        if deposit:
+            k.pte_free()
+        if __split_huge_pmd(k, src, src_vma, haddr, caller="copy_huge_pmd") != 0:
+            return ENOMEM
+        return -11  # -EAGAIN
+    rmap.folio_add_anon_rmap_pmd(k, dst, f)
+    f.anon_exclusive = False
+    hp.write = False
+    dst.pt.slots[haddr >> dst.pt.pmd_shift] = HugePmd(f, write=False, dirty=hp.dirty)
+    if deposit:
+        dst.pt.deposit(haddr)
+    return 0
+
+
+def move_huge_pmd(k: Kernel, mm: MM, old: int, new: int) -> bool:
+    """mremap of a whole PMD: the deposit follows only if the PMD tables (ptlocks) differ."""
+    pt = mm.pt
+    if pt.slot(new) is not None:
+        return False
+    hp = pt.slots.pop(old >> pt.pmd_shift)
+    pt.slots[new >> pt.pmd_shift] = hp
+    if k.design.deposit and (old >> pt.pud_shift) != (new >> pt.pud_shift):
+        pt.withdraw(old)
+        pt.pmd_tables[new >> pt.pud_shift].deposits += 1
+    return True
+
+
+def change_huge_pmd(k: Kernel, mm: MM, haddr: int, hp: HugePmd, writable: bool) -> None:
+    """Protection change of a whole huge PMD in place: never splits, never touches the deposit."""
+    if hp.is_zero:
+        return
+    f = hp.folio
+    hp.write = writable and f is not None and f.anon_exclusive
+
+
+# ---- folio split and the deferred-split queue -----------------------------------------------------------------
+def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
+    """split_folio() to order 0: unmap (PMD splits, freeze), split, remap; zero-filled pages → zero page.
+
+    Returns True on success. Fails (thp_split_page_failed) if the folio is pinned or, under the lazy design,
+    if a PMD split in try_to_migrate_one had no table (the rmap walk bails out, ret = false).
+    """
+    from thpsim.model import vmscan
+
+    if f.freed or not f.large:
+        return False
+    if f.pins:
+        k.vmstat.count("thp_split_page_failed")
+        k.vmstat.mthp["split_failed"] += 1
+        return False
+    if not vmscan.try_to_migrate(k, f, caller=caller):
+        k.vmstat.count("thp_split_page_failed")
+        k.vmstat.mthp["split_failed"] += 1
+        return False
+    # All mappings are now PTE mappings. __folio_split: each subpage becomes an order-0 folio.
+    mappings = rmap.rmap_walk(k, f)
+    small: dict[int, Folio] = {}
+    kept = 0
+    was_partial = f.partially_mapped
+    for mm, addr, kind in mappings:
+        assert kind == "pte"
+        pte = mm.pt.get_pte(addr)
+        assert pte is not None
+        i = pte.idx
+        vma = mm.vmas.find(addr)
+        locked = vma is not None and bool(vma.flags & VM_LOCKED)
+        if content_is_zero(f.content(i)) and not locked and not f.mlocked:
+            # remove_migration_pte with RMP_USE_SHARED_ZEROPAGE: map the zero page, drop the RSS page
+            pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_ZERO, None, 0, False, False
+            mm.anon_pages -= 1
+            k.vmstat.nr_anon_pages -= 0  # accounted below per folio
+            continue
+        nf = small.get(i)
+        if nf is None:
+            nf = Folio(k.next_folio, 0, 1)
+            k.next_folio += 1
+            nf.default = f.content(i)
+            nf.dirty = f.dirty
+            nf.swapbacked = f.swapbacked
+            nf.anon_exclusive = f.anon_exclusive
+            small[i] = nf
+            kept += 1
+        nf.entire_mapcount += 1
+        pte.folio, pte.idx = nf, 0
+    # global bookkeeping: the large folio is gone, order-0 folios remain
+    k.vmstat.nr_anon_pages += kept - f.nr_pages_mapped
+    f.pte_mapcount = [0] * f.nr
+    f.nr_pages_mapped = 0
+    k.vmstat.count("thp_split_page")
+    k.vmstat.mthp["split"] += 1
+    if was_partial:
+        pass
+    k.folio_free(f)          # returns all 512 pages ...
+    k.alloc.pages_in_use += kept  # ... of which the surviving order-0 folios keep theirs
+    k.alloc.peak_pages = max(k.alloc.peak_pages, k.alloc.pages_in_use)
+    for nf in small.values():
+        if nf.entire_mapcount > 1:
+            nf.anon_exclusive = False
+    return True
+
+
+def thp_underused(k: Kernel, f: Folio) -> bool:
+    if k.knobs.max_ptes_none == k.nr - 1:
+        return False
+    zero = sum(1 for i in range(f.nr) if f.subpage_is_zero(i))
+    return zero > k.knobs.max_ptes_none
+
+
+def deferred_split_scan(k: Kernel) -> int:
+    """The deferred-split shrinker: split partially mapped folios, and underused ones (thp_underused)."""
+    done = 0
+    for f in list(k.deferred.values()):
+        if f.freed:
+            continue
+        if f.partially_mapped:
+            if split_folio(k, f, caller="deferred_split_scan"):
+                done += 1
+        elif thp_underused(k, f):
+            if split_folio(k, f, caller="deferred_split_scan"):
+                k.vmstat.count("thp_underused_split_page")
+                done += 1
+        else:
+            # not partially mapped and not underused: stays queued (kernel: put back on the list)
+            pass
+    return done
+
+
+def madvise_free_huge_pmd(k: Kernel, mm: MM, vma: Vma, haddr: int, start: int, end: int) -> bool:
+    """MADV_FREE over a huge PMD. True when the whole PMD was handled (lazyfree); False to continue with PTEs."""
+    hp = mm.pt.slot(haddr)
+    assert isinstance(hp, HugePmd)
+    if hp.is_zero:
+        return True
+    f = hp.folio
+    assert f is not None
+    if rmap.folio_maybe_mapped_shared(k, f):
+        return True
+    if end - start != k.pmd_size:
+        split_folio(k, f, caller="madvise_free_huge_pmd")
+        return False
+    f.dirty = False
+    hp.dirty = False
+    folio_mark_lazyfree(f)
+    return True
+
+
+def folio_mark_lazyfree(f: Folio) -> None:
+    if f.swapbacked and not f.mlocked:
+        f.swapbacked = False

@@ -1,0 +1,126 @@
+"""Model invariants, checked after every step in test runs (spec upstream.md §9.2, series.md §5.6).
+
+1. Deposits: where the design deposits, every PMD table carries exactly one deposit per huge PMD under it;
+   where it does not, no PMD table carries any.
+2. ``nr_ptes`` = PTE tables in the tree + deposits; ``nr_pmds``/``nr_puds`` = PMD/PUD tables in the tree.
+3. MM_ANONPAGES = pages mapped by this mm (512 per huge anon PMD, one per present PTE page); MM_SWAPENTS = swap
+   PTEs.
+4. Folio mapcounts (entire, per page, nr_pages_mapped) equal what the page tables map; NR_ANON_THPS counts folios
+   with a PMD mapping.
+5. Every huge PMD lies in one VMA covering its whole range; every PTE lies inside a VMA.
+6. NR_PAGETABLE = every table of every mm (+ the reserve pool); the allocator's pages = tables + folio pages.
+7. A process that exited has nothing left (check_mm).
+"""
+
+from __future__ import annotations
+
+from thpsim.model.folio import Folio
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+
+
+def check(k: Kernel) -> list[str]:
+    errs: list[str] = []
+    entire: dict[int, int] = {}
+    per_page: dict[int, dict[int, int]] = {}
+    folios: dict[int, Folio] = {}
+    tables = 0
+    for mm in k.procs.values():
+        if not mm.alive:
+            continue
+        errs += _check_mm(k, mm, entire, per_page, folios)
+        tables += mm.pt.nr_ptes * (k.arch.pagetable_page_bytes) + (mm.pt.nr_pmds + mm.pt.nr_puds) * 4096
+    for fid, f in folios.items():
+        want_entire = entire.get(fid, 0)
+        pages = per_page.get(fid, {})
+        if f.large:
+            if f.entire_mapcount != want_entire:
+                errs.append(f"folio {fid}: entire mapcount {f.entire_mapcount}, page tables map it by PMD "
+                            f"{want_entire} times")
+            for i in range(f.nr):
+                if f.pte_mapcount[i] != pages.get(i, 0):  # type: ignore[index]
+                    errs.append(f"folio {fid}: page {i} mapcount {f.pte_mapcount[i]} vs {pages.get(i, 0)} PTEs")
+                    break
+            mapped = sum(1 for i in range(f.nr) if f.pte_mapcount[i])  # type: ignore[index]
+            if mapped != f.nr_pages_mapped:
+                errs.append(f"folio {fid}: nr_pages_mapped {f.nr_pages_mapped} vs {mapped}")
+        elif f.entire_mapcount != pages.get(0, 0):
+            errs.append(f"folio {fid}: mapcount {f.entire_mapcount} vs {pages.get(0, 0)} PTEs")
+        if f.freed:
+            errs.append(f"folio {fid}: freed but still mapped")
+    thps = sum(1 for f in folios.values() if f.large and f.entire_mapcount > 0)
+    if thps != k.vmstat.nr_anon_thps:
+        errs.append(f"NR_ANON_THPS {k.vmstat.nr_anon_thps} but {thps} folios have a PMD mapping")
+    tables += (k.reserve_pool if k.design.rmap_tables == "reserve_pool" else 0) * k.arch.pagetable_page_bytes
+    if tables != k.vmstat.nr_pagetable_bytes:
+        errs.append(f"NR_PAGETABLE {k.vmstat.nr_pagetable_bytes} B but the page tables add up to {tables} B")
+    return errs
+
+
+def _check_mm(k: Kernel, mm: MM, entire: dict[int, int], per_page: dict[int, dict[int, int]],
+              folios: dict[int, Folio]) -> list[str]:
+    errs: list[str] = []
+    pt = mm.pt
+    n = mm.name
+    huge_under: dict[int, int] = {}
+    pte_tables = 0
+    anon = swap = 0
+    for idx, s in pt.slots.items():
+        a = idx << pt.pmd_shift
+        if pt.pmd_table_of(a) is None:
+            errs.append(f"{n}: a PMD slot at {a:#x} without a PMD table")
+        if isinstance(s, HugePmd):
+            huge_under[a >> pt.pud_shift] = huge_under.get(a >> pt.pud_shift, 0) + 1
+            v = mm.vmas.find(a)
+            if v is None or v.end < a + k.pmd_size:
+                errs.append(f"{n}: huge PMD at {a:#x} not inside one VMA")
+            if s.folio is not None:
+                anon += s.folio.nr
+                folios[s.folio.id] = s.folio
+                entire[s.folio.id] = entire.get(s.folio.id, 0) + 1
+            continue
+        assert isinstance(s, PteTable)
+        pte_tables += 1
+        for i, pte in s.ptes.items():
+            pa = a + (i << pt.page_shift)
+            if mm.vmas.find(pa) is None:
+                errs.append(f"{n}: PTE at {pa:#x} outside every VMA")
+            if pte.kind == PTE_PAGE:
+                f = pte.folio
+                assert f is not None
+                anon += 1
+                folios[f.id] = f
+                d = per_page.setdefault(f.id, {})
+                d[pte.idx] = d.get(pte.idx, 0) + 1
+            elif pte.kind == PTE_SWAP:
+                swap += 1
+    deposits = pt.deposits()
+    for key, t in pt.pmd_tables.items():
+        want = huge_under.get(key, 0) if k.design.deposit else 0
+        if t.deposits != want:
+            errs.append(f"{n}: PMD table for [{key << pt.pud_shift:#x}) carries {t.deposits} deposits, "
+                        f"{want} expected ({'one per huge PMD' if k.design.deposit else 'lazy: none'})")
+    if pt.nr_ptes != pte_tables + deposits:
+        errs.append(f"{n}: nr_ptes {pt.nr_ptes} != {pte_tables} PTE tables + {deposits} deposits")
+    if pt.nr_pmds != len(pt.pmd_tables):
+        errs.append(f"{n}: nr_pmds {pt.nr_pmds} != {len(pt.pmd_tables)} PMD tables")
+    if pt.nr_puds != len(pt.pud_tables):
+        errs.append(f"{n}: nr_puds {pt.nr_puds} != {len(pt.pud_tables)} PUD tables")
+    if anon != mm.anon_pages:
+        errs.append(f"{n}: MM_ANONPAGES {mm.anon_pages} but the page tables map {anon} anonymous pages")
+    if swap != mm.swap_ents:
+        errs.append(f"{n}: MM_SWAPENTS {mm.swap_ents} but {swap} swap PTEs")
+    locked = sum((v.end - v.start) // k.page for v in mm.vmas if v.locked)
+    if locked != mm.locked_vm:
+        errs.append(f"{n}: locked_vm {mm.locked_vm} pages but VM_LOCKED VMAs span {locked}")
+    return errs
+
+
+def check_exited(k: Kernel, mm: MM) -> list[str]:
+    pt = mm.pt
+    errs = []
+    if pt.pgtables_bytes:
+        errs.append(f"{mm.name}: BUG: non-zero pgtables_bytes on freeing mm: {pt.pgtables_bytes}")
+    if mm.anon_pages or mm.swap_ents:
+        errs.append(f"{mm.name}: BUG: Bad rss-counter state anon={mm.anon_pages} swap={mm.swap_ents}")
+    return errs

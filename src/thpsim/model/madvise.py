@@ -1,0 +1,277 @@
+"""madvise (mm/madvise.c): VMA-flag advices, MADV_DONTNEED(_LOCKED) with PT_RECLAIM, MADV_FREE,
+MADV_COLD/PAGEOUT, MADV_POPULATE_READ/WRITE, MADV_COLLAPSE (via khugepaged.py), guard regions.
+
+Follows ``madvise_walk_vmas``: each VMA piece is visited in turn, a hole makes the call return ENOMEM at the end
+(or at once if nothing follows). VMA-flag advices split VMAs at unaligned ends (PMD split in ``__split_vma``).
+DONTNEED zaps with ``zap_details.reclaim_pt``; a partial PMD is split in ``zap_pmd_range`` — under the lazy
+design that split may fail and the design's policy decides (v3: skip the PMD and return success). Partial
+FREE/COLD/PAGEOUT split the *folio* (``split_folio``) unless it is shared.
+
+Left out: file/shmem advices, MADV_WILLNEED swap readahead, MADV_HWPOISON, MADV_SOFT_OFFLINE, process_madvise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
+from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable
+from thpsim.model.vma import (
+    VM_DONTCOPY,
+    VM_HUGEPAGE,
+    VM_LOCKED,
+    VM_NOHUGEPAGE,
+    VM_RAND_READ,
+    VM_SEQ_READ,
+    VM_WIPEONFORK,
+    Vma,
+)
+from thpsim.model.vma_modify import vma_modify_flags
+
+EINVAL, ENOMEM, EFAULT, EAGAIN, EBUSY = -22, -12, -14, -11, -16
+
+_FLAG_ADVICE: dict[str, tuple[int, int]] = {   # advice -> (set, clear)
+    "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),
+    "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),
+    "dontfork": (VM_DONTCOPY, 0),
+    "dofork": (0, VM_DONTCOPY),
+    "wipeonfork": (VM_WIPEONFORK, 0),
+    "keeponfork": (0, VM_WIPEONFORK),
+    "random": (VM_RAND_READ, VM_SEQ_READ),
+    "sequential": (VM_SEQ_READ, VM_RAND_READ),
+    "normal": (0, VM_RAND_READ | VM_SEQ_READ),
+}
+
+
+def do_madvise(k: Kernel, mm: MM, start: int, length: int, advice: str) -> int:
+    page = k.page
+    if start % page:
+        return EINVAL
+    end = start + (length + page - 1) // page * page
+    if end == start:
+        return 0
+    if advice == "collapse":
+        return khugepaged.madvise_collapse(k, mm, start, end)
+    visit = _VISITORS.get(advice)
+    if visit is None:
+        if advice in _FLAG_ADVICE:
+            s, c = _FLAG_ADVICE[advice]
+            return _walk(k, mm, start, end, lambda v, a, b: _flags(k, mm, v, a, b, s, c))
+        return _walk(k, mm, start, end, lambda v, a, b: 0)  # willneed etc.: nothing for anonymous memory
+    return _walk(k, mm, start, end, lambda v, a, b: visit(k, mm, v, a, b))
+
+
+def _walk(k: Kernel, mm: MM, start: int, end: int, visit: Callable[[Vma, int, int], int]) -> int:
+    """madvise_walk_vmas(): visit each VMA piece; ENOMEM for holes (after the mapped parts were visited)."""
+    unmapped = 0
+    pos = start
+    while pos < end:
+        nxt = mm.vmas.next_of(pos) if mm.vmas.find(pos) is None else mm.vmas.find(pos)
+        if nxt is None:
+            return ENOMEM
+        if pos < nxt.start:
+            unmapped = ENOMEM
+            pos = nxt.start
+            if pos >= end:
+                break
+        hi = min(nxt.end, end)
+        rc = visit(nxt, pos, hi)
+        if rc:
+            return rc
+        pos = hi
+    return unmapped
+
+
+def _flags(k: Kernel, mm: MM, v: Vma, start: int, end: int, set_f: int, clear_f: int) -> int:
+    new = (v.flags | set_f) & ~clear_f
+    if new == v.flags:
+        return 0
+    return vma_modify_flags(k, mm, v, start, end, new)
+
+
+def _dontneed(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, locked_ok: bool = False) -> int:
+    if v.flags & VM_LOCKED and not locked_ok:
+        return EINVAL
+    return memory.zap_pmd_range(k, mm, v, start, end, reclaim_pt=True, keep_guard=True, caller="zap_pmd_range")
+
+
+def _free(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
+    if v.flags & VM_LOCKED:
+        return EINVAL
+    p = k.pmd_size
+    pt = mm.pt
+    addr = start
+    while addr < end:
+        nxt = min((addr | (p - 1)) + 1, end)
+        s = pt.slot(addr)
+        if isinstance(s, HugePmd) and huge_memory.madvise_free_huge_pmd(k, mm, v, addr & ~(p - 1), addr, nxt):
+            addr = nxt
+            continue
+        s = pt.slot(addr)
+        if isinstance(s, PteTable):
+            _free_ptes(k, mm, s, addr, nxt)
+        addr = nxt
+    return 0
+
+
+def _free_ptes(k: Kernel, mm: MM, table: PteTable, start: int, end: int) -> None:
+    pt = mm.pt
+    first = pt.pte_index(start)
+    i = first
+    last = first + ((end - start) >> pt.page_shift)
+    while i < last:
+        pte = table.ptes.get(i)
+        if pte is None:
+            i += 1
+            continue
+        if pte.kind == PTE_SWAP:
+            del table.ptes[i]
+            mm.swap_ents -= 1
+            i += 1
+            continue
+        if pte.kind != PTE_PAGE or pte.folio is None:
+            i += 1
+            continue
+        f = pte.folio
+        if f.large:
+            # a PTE-mapped large folio: split it unless the whole folio is covered here
+            n = 0
+            while i + n < last and (q := table.ptes.get(i + n)) is not None and q.folio is f:
+                n += 1
+            if n < f.nr:
+                if rmap.folio_maybe_mapped_shared(k, f):
+                    i += n
+                    continue
+                huge_memory.split_folio(k, f, caller="madvise_free_pte_range")
+                continue  # re-examine the same index: now order-0 folios (or the zero page)
+            for j in range(i, i + n):
+                table.ptes[j].dirty = False
+            f.dirty = False
+            huge_memory.folio_mark_lazyfree(f)
+            i += n
+            continue
+        if f.refcount() != 1:
+            i += 1
+            continue
+        f.dirty = False
+        pte.dirty = False
+        huge_memory.folio_mark_lazyfree(f)
+        i += 1
+
+
+def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: bool) -> int:
+    if v.flags & VM_LOCKED:
+        return EINVAL
+    p = k.pmd_size
+    pt = mm.pt
+    addr = start
+    while addr < end:
+        nxt = min((addr | (p - 1)) + 1, end)
+        s = pt.slot(addr)
+        if isinstance(s, HugePmd):
+            f = s.folio
+            if f is not None and not rmap.folio_maybe_mapped_shared(k, f):
+                if nxt - addr != p:
+                    if not huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
+                        addr = nxt
+                        continue
+                elif pageout:
+                    vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                    addr = nxt
+                    continue
+                else:
+                    addr = nxt
+                    continue
+            else:
+                addr = nxt
+                continue
+        s = pt.slot(addr)
+        if isinstance(s, PteTable):
+            first = pt.pte_index(addr)
+            i, last = first, first + ((nxt - addr) >> pt.page_shift)
+            while i < last:
+                pte = s.ptes.get(i)
+                if pte is None or pte.kind != PTE_PAGE or pte.folio is None:
+                    i += 1
+                    continue
+                f = pte.folio
+                if f.large:
+                    n = 0
+                    while i + n < last and (q := s.ptes.get(i + n)) is not None and q.folio is f:
+                        n += 1
+                    if n < f.nr:
+                        if rmap.folio_maybe_mapped_shared(k, f):
+                            i += n
+                            continue
+                        if huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
+                            continue
+                        i += n
+                        continue
+                    if pageout and not rmap.folio_maybe_mapped_shared(k, f):
+                        vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                    i += n
+                    continue
+                if pageout and f.refcount() == 1:
+                    vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                i += 1
+        addr = nxt
+    return 0
+
+
+def _populate(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, write: bool) -> int:
+    if not v.readable or (write and not v.writable):
+        return EINVAL   # measured on 6.18 for PROT_NONE; the write-to-read-only case is assumed the same
+    rc = memory.fault_in_range(k, mm, start, end, write=write)
+    if rc == VM_FAULT_SIGSEGV:
+        return EFAULT
+    if rc != VM_FAULT_OK:
+        return ENOMEM
+    return 0
+
+
+def _guard_install(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
+    if v.flags & VM_LOCKED:
+        return EINVAL
+    memory.zap_pmd_range(k, mm, v, start, end, caller="madvise_guard_install")
+    pt = mm.pt
+    a = start
+    while a < end:
+        if not k.pmd_alloc(mm, a) or not k.pte_alloc(mm, a):
+            return ENOMEM
+        table = pt.slot(a)
+        if isinstance(table, HugePmd):   # cannot happen after the zap; be safe
+            return EAGAIN
+        assert isinstance(table, PteTable)
+        table.ptes[pt.pte_index(a)] = Pte(PTE_GUARD)
+        a += k.page
+    return 0
+
+
+def _guard_remove(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
+    pt = mm.pt
+    a = start
+    while a < end:
+        s = pt.slot(a)
+        if isinstance(s, PteTable):
+            i = pt.pte_index(a)
+            pte = s.ptes.get(i)
+            if pte is not None and pte.kind == PTE_GUARD:
+                del s.ptes[i]
+            a += k.page
+        else:
+            a = (a | (k.pmd_size - 1)) + 1
+    return 0
+
+
+_VISITORS: dict[str, Callable[[Kernel, MM, Vma, int, int], int]] = {
+    "dontneed": _dontneed,
+    "dontneed_locked": lambda k, mm, v, a, b: _dontneed(k, mm, v, a, b, locked_ok=True),
+    "free": _free,
+    "cold": lambda k, mm, v, a, b: _cold_pageout(k, mm, v, a, b, pageout=False),
+    "pageout": lambda k, mm, v, a, b: _cold_pageout(k, mm, v, a, b, pageout=True),
+    "populate_read": lambda k, mm, v, a, b: _populate(k, mm, v, a, b, write=False),
+    "populate_write": lambda k, mm, v, a, b: _populate(k, mm, v, a, b, write=True),
+    "guard_install": _guard_install,
+    "guard_remove": _guard_remove,
+}

@@ -1,0 +1,101 @@
+"""mlock/munlock (mm/mlock.c apply_vma_lock_flags, mlock_fixup) and population (mm/gup.c __mm_populate,
+populate_vma_page_range).
+
+mlock splits the VMAs at the range ends (``vma_modify_flags`` → ``__split_vma`` → ``vma_adjust_trans_huge``; a
+PMD split at an unaligned end), sets VM_LOCKED, accounts ``locked_vm`` by VMA size (VmLck), and populates the
+range with write faults on writable private VMAs (so THPs are allocated where eligible). MLOCK_ONFAULT skips the
+population. Holes give ENOMEM after the VMAs before the hole were changed, like the kernel's loop.
+
+Left out: RLIMIT_MEMLOCK (root), the mlock LRU (folios are only marked mlocked), mlockall.
+"""
+
+from __future__ import annotations
+
+from thpsim.model import memory
+from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
+from thpsim.model.vma import VM_LOCKED, VM_LOCKONFAULT, VM_READ, VM_WRITE
+
+EINVAL, ENOMEM = -22, -12
+
+
+def populate_range(k: Kernel, mm: MM, start: int, end: int) -> int:
+    for v in mm.vmas.overlapping(start, end):
+        if v.flags & VM_LOCKONFAULT or not v.flags & (VM_READ | VM_WRITE):
+            continue
+        rc = memory.fault_in_range(k, mm, max(v.start, start), min(v.end, end), write=v.writable)
+        if rc != VM_FAULT_OK:
+            return ENOMEM
+    return 0
+
+
+def _page_range(k: Kernel, start: int, length: int) -> tuple[int, int]:
+    end = start + length
+    start -= start % k.page
+    end = (end + k.page - 1) // k.page * k.page
+    return start, end
+
+
+def apply_vma_lock_flags(k: Kernel, mm: MM, start: int, end: int, set_flags: int, clear: bool) -> int:
+    from thpsim.model.vma_modify import vma_modify_flags
+
+    first = mm.vmas.find(start)
+    if first is None:
+        return ENOMEM
+    pos = start
+    for v in mm.vmas.overlapping(start, end):
+        if v.start > pos:
+            return ENOMEM
+        lo, hi = max(v.start, start), min(v.end, end)
+        old = v.flags
+        new = (old & ~(VM_LOCKED | VM_LOCKONFAULT)) if clear else (old | set_flags)
+        if new != old:
+            rc = vma_modify_flags(k, mm, v, lo, hi, new)
+            if rc:
+                return rc
+            pages = (hi - lo) // k.page
+            if (old & VM_LOCKED) and not (new & VM_LOCKED):
+                mm.locked_vm -= pages
+            elif not (old & VM_LOCKED) and (new & VM_LOCKED):
+                mm.locked_vm += pages
+        pos = hi
+    if pos < end:
+        return ENOMEM
+    return 0
+
+
+def do_mlock(k: Kernel, mm: MM, start: int, length: int, flags: tuple[str, ...]) -> int:
+    if length == 0:
+        return 0
+    s, e = _page_range(k, start, length)
+    lf = VM_LOCKED | (VM_LOCKONFAULT if "onfault" in flags else 0)
+    rc = apply_vma_lock_flags(k, mm, s, e, lf, clear=False)
+    if rc:
+        return rc
+    _mark_mlocked(k, mm, s, e)
+    if "onfault" not in flags:
+        rc = populate_range(k, mm, s, e)
+    return rc
+
+
+def do_munlock(k: Kernel, mm: MM, start: int, length: int) -> int:
+    if length == 0:
+        return 0
+    s, e = _page_range(k, start, length)
+    rc = apply_vma_lock_flags(k, mm, s, e, 0, clear=True)
+    if rc == 0:
+        _mark_mlocked(k, mm, s, e, value=False)
+    return rc
+
+
+def _mark_mlocked(k: Kernel, mm: MM, start: int, end: int, value: bool = True) -> None:
+    from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+
+    pt = mm.pt
+    for idx in range(start >> pt.pmd_shift, ((end - 1) >> pt.pmd_shift) + 1):
+        s = pt.slots.get(idx)
+        if isinstance(s, HugePmd) and s.folio is not None:
+            s.folio.mlocked = value
+        elif isinstance(s, PteTable):
+            for pte in s.ptes.values():
+                if pte.kind == PTE_PAGE and pte.folio is not None and not pte.folio.large:
+                    pte.folio.mlocked = value

@@ -1,0 +1,116 @@
+"""mprotect (mm/mprotect.c do_mprotect_pkey, mprotect_fixup, change_protection, change_pmd_range,
+change_pte_range) and userfaultfd write-protect over a range (the change_pmd_range path without a VMA split).
+
+mprotect changes the flags of whole VMAs after splitting them at the range ends (so its PMD splits happen in
+``__split_vma``), then changes the protection of every entry: a huge PMD wholly in range is changed in place
+(``change_huge_pmd``); a huge PMD only partly in range is split first — under the lazy design that split can
+fail, and the series (v3 07/24) then ``cond_resched()``s and retries the same PMD without bound. The model bounds
+the retry and reports a livelock; the ``lazy-mprotect-upfront`` variant splits the partial PMDs before changing
+anything and fails with ENOMEM instead. Writable entries after a change need an exclusive anonymous page
+(``can_change_pte_writable``).
+
+Left out: pkeys, PROT_GROWSDOWN/UP, NUMA hinting (change_prot_numa), soft-dirty write-notify.
+"""
+
+from __future__ import annotations
+
+from thpsim.errors import LivelockDetected
+from thpsim.model import huge_memory
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
+from thpsim.model.vma_modify import vma_modify_flags
+
+EINVAL, ENOMEM = -22, -12
+
+
+def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot: int) -> int:
+    page = k.page
+    if start % page:
+        return EINVAL
+    if length == 0:
+        return 0
+    end = start + (length + page - 1) // page * page
+    first = mm.vmas.find(start)
+    if first is None:
+        return ENOMEM
+    pos = start
+    newprot = prot_to_flags(prot)
+    for v in mm.vmas.overlapping(start, end):
+        if v.start > pos:
+            return ENOMEM
+        lo, hi = max(v.start, start), min(v.end, end)
+        new = (v.flags & ~PROT_MASK) | newprot
+        if new != v.flags:
+            rc = mprotect_fixup(k, mm, v, lo, hi, new)
+            if rc:
+                return rc
+        pos = hi
+    if pos < end:
+        return ENOMEM
+    return 0
+
+
+def mprotect_fixup(k: Kernel, mm: MM, vma: Vma, start: int, end: int, new_flags: int) -> int:
+    rc = vma_modify_flags(k, mm, vma, start, end, new_flags)
+    if rc:
+        return rc
+    target = mm.vmas.find(start)
+    assert target is not None
+    return change_protection(k, mm, target, start, end)
+
+
+def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, caller: str = "change_pmd_range") -> int:
+    """change_pmd_range over [start, end) with the VMA's (new) protection. 0 or -ENOMEM (up-front variant)."""
+    p = k.pmd_size
+    pt = mm.pt
+    if k.design.change_prot_split_failure == "upfront":
+        # split every partial huge PMD before changing anything (Kiryl's suggestion)
+        for a in (start, end):
+            if a % p:
+                s = pt.slot(a if a == start else a - 1)
+                if isinstance(s, HugePmd) and huge_memory.__split_huge_pmd(k, mm, vma, a, caller=caller) != 0:
+                    return ENOMEM
+    writable = vma.writable
+    addr = start
+    while addr < end:
+        nxt = min((addr | (p - 1)) + 1, end)
+        s = pt.slot(addr)
+        if isinstance(s, HugePmd):
+            if nxt - addr == p:
+                huge_memory.change_huge_pmd(k, mm, addr, s, writable)
+                addr = nxt
+                continue
+            tries = 0
+            while huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
+                tries += 1   # cond_resched(); goto again — the same PMD, no fatal-signal check
+                if tries >= k.max_retries:
+                    raise LivelockDetected(
+                        f"change_pmd_range retried the split of the PMD at {addr:#x} {tries} times without "
+                        "progress (series v3 07/24 has no bound and no fatal-signal check)")
+            s = pt.slot(addr)
+        if isinstance(s, PteTable):
+            first = pt.pte_index(addr)
+            for i in range(first, first + ((nxt - addr) >> pt.page_shift)):
+                pte = s.ptes.get(i)
+                if pte is None or pte.kind != PTE_PAGE:
+                    continue
+                f = pte.folio
+                pte.write = writable and f is not None and (f.anon_exclusive if not f.large else _exclusive(k, mm, f))
+        addr = nxt
+    return 0
+
+
+def _exclusive(k: Kernel, mm: MM, f) -> bool:  # type: ignore[no-untyped-def]
+    from thpsim.model import rmap
+
+    return f.anon_exclusive and all(m is mm for m in rmap.mms_mapping(k, f))
+
+
+def uffd_writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:
+    """UFFDIO_WRITEPROTECT-like protection change on part of a VMA: change_pmd_range without a VMA split."""
+    for v in mm.vmas.overlapping(start, end):
+        rc = change_protection(k, mm, v, max(v.start, start), min(v.end, end), caller="change_pmd_range")
+        if rc:
+            return rc
+    return 0

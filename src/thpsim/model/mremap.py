@@ -1,0 +1,185 @@
+"""mremap (mm/mremap.c): shrink, grow in place, move (MAYMOVE / FIXED / DONTUNMAP), and
+``move_page_tables`` with its PUD-, PMD- and PTE-level paths.
+
+A move creates the new VMA (``copy_vma``, same vm_pgoff as the source), then moves page tables extent by extent:
+a whole PMD table when both sides are 1 GiB aligned and the extent is 1 GiB (``move_normal_pud``); a huge PMD
+when the extent is the whole 2 MiB (``move_huge_pmd``; the deposit follows only between PMD tables); a whole PTE
+table when the extent is 2 MiB (``move_normal_pmd``); otherwise a split of a huge PMD (``split_huge_pmd``; under
+the lazy design it may fail: the loop stops, the moved entries are moved back, the new VMA is unmapped and mremap
+returns ENOMEM) and a PTE-by-PTE move into a new destination table (``pte_alloc``). The source range is then
+unmapped with the normal munmap path unless MREMAP_DONTUNMAP.
+
+The trace resolves a MAYMOVE without FIXED to a destination slot; it is used only when growing in place is
+impossible (the live runner does the same), so both engines agree on where a moved mapping lands.
+Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd remap events.
+"""
+
+from __future__ import annotations
+
+from thpsim.model import huge_memory, mlock
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.mmap import do_munmap, split_range, unmap_region
+from thpsim.model.pgtable import HugePmd, PteTable
+from thpsim.model.vma import VM_LOCKED, Vma
+
+EINVAL, ENOMEM, EFAULT = -22, -12, -14
+
+
+def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: tuple[str, ...],
+              dest: int | None) -> int:
+    page = k.page
+    if addr % page:
+        return EINVAL
+    old_len = (old_len + page - 1) // page * page
+    new_len = (new_len + page - 1) // page * page
+    if new_len == 0:
+        return EINVAL
+    maymove, fixed, dontunmap = "maymove" in flags, "fixed" in flags, "dontunmap" in flags
+    if (fixed or dontunmap) and not maymove:
+        return EINVAL
+    if dontunmap and old_len != new_len:
+        return EINVAL
+    if fixed or dontunmap:
+        assert dest is not None
+        if dest % page:
+            return EINVAL
+        if dest < addr + old_len and addr < dest + new_len:
+            return EINVAL
+        vma = mm.vmas.find(addr)
+        if vma is None:
+            return EFAULT
+        if fixed:
+            rc = do_munmap(k, mm, dest, new_len)
+            if rc:
+                return rc
+        if old_len > new_len:
+            rc = do_munmap(k, mm, addr + new_len, old_len - new_len)
+            if rc:
+                return rc
+            old_len = new_len
+        vma = mm.vmas.find(addr)
+        if vma is None or addr + old_len > vma.end:
+            return EFAULT
+        return move_vma(k, mm, vma, addr, old_len, dest, new_len, dontunmap=dontunmap)
+    if old_len == new_len:
+        return addr
+    if new_len < old_len:
+        rc = do_munmap(k, mm, addr + new_len, old_len - new_len)
+        return rc if rc else addr
+    vma = mm.vmas.find(addr)
+    if vma is None or addr + old_len > vma.end:
+        return EFAULT
+    if addr + old_len == vma.end and _expandable(mm, vma, addr + new_len):
+        old_end = vma.end
+        vma.end = addr + new_len
+        mm.vmas.try_merge_around(vma.start, vma.end)
+        if vma.flags & VM_LOCKED:
+            mm.locked_vm += (new_len - old_len) // page
+            mlock.populate_range(k, mm, old_end, addr + new_len)
+        return addr
+    if not maymove or dest is None:
+        return ENOMEM
+    return move_vma(k, mm, vma, addr, old_len, dest, new_len, dontunmap=False)
+
+
+def _expandable(mm: MM, vma: Vma, new_end: int) -> bool:
+    nxt = mm.vmas.next_of(vma.end)
+    return nxt is None or nxt.start >= new_end
+
+
+def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_len: int, *,
+             dontunmap: bool) -> int:
+    # the moved part becomes its own VMA first (the source split happens in the final munmap in the kernel;
+    # the PMD split at an unaligned source edge happens in move_page_tables for the partial extent)
+    nv = Vma(new, new + new_len, vma.flags, vma.pgoff + ((old - vma.start) >> 12), vma.anon_vma,
+             vma.anon_vma_singular)
+    mm.vmas.insert(nv)
+    moved = move_page_tables(k, mm, nv, old, new, old_len)
+    if moved < old_len:
+        # move the entries back and unmap the new VMA (copy_vma_and_data's error path)
+        move_page_tables(k, mm, vma, new, old, moved, reverting=True)
+        unmap_region(k, mm, new, new + new_len)
+        return ENOMEM
+    if vma.flags & VM_LOCKED:
+        mm.locked_vm += new_len // k.page
+    mm.vmas.try_merge_around(nv.start, nv.end)
+    if dontunmap:
+        # the old VMA stays mapped, empty; VM_LOCKED is cleared on it
+        rc = split_range(k, mm, old, old + old_len)
+        if rc == 0:
+            for v in mm.vmas.overlapping(old, old + old_len):
+                if v.flags & VM_LOCKED:
+                    mm.locked_vm -= (v.end - v.start) // k.page
+                    v.flags &= ~VM_LOCKED
+        return new
+    rc = do_munmap(k, mm, old, old_len)
+    if rc:
+        return rc
+    if new_len > old_len and nv.flags & VM_LOCKED:
+        mlock.populate_range(k, mm, new + old_len, new + new_len)
+    return new
+
+
+def _extent(old: int, new: int, old_end: int, size: int) -> int:
+    ext = ((old + size) & ~(size - 1)) - old
+    ext = min(ext, old_end - old)
+    return min(ext, ((new + size) & ~(size - 1)) - new)
+
+
+def move_page_tables(k: Kernel, mm: MM, new_vma: Vma, old: int, new: int, length: int, *,
+                     reverting: bool = False) -> int:
+    """Returns the number of bytes moved (less than length on failure)."""
+    pt = mm.pt
+    pmd, pud = k.arch.pmd_size, k.arch.pud_size
+    old_end = old + length
+    o, n = old, new
+    while o < old_end:
+        ext = _extent(o, n, old_end, pud)
+        if pt.pmd_table_of(o) is None:
+            o, n = o + ext, n + ext
+            continue
+        if not k.pud_alloc(mm, n):
+            break
+        if ext == pud and pt.pmd_table_of(n) is None:
+            # move_normal_pud: the whole PMD table (with its deposits) changes place
+            t = pt.pmd_tables.pop(o >> pt.pud_shift)
+            pt.pmd_tables[n >> pt.pud_shift] = t
+            base_o, base_n = o >> pt.pmd_shift, n >> pt.pmd_shift
+            for i in range(pud // pmd):
+                s = pt.slots.pop(base_o + i, None)
+                if s is not None:
+                    pt.slots[base_n + i] = s
+            o, n = o + ext, n + ext
+            continue
+        ext = _extent(o, n, old_end, pmd)
+        s = pt.slot(o)
+        if s is None:
+            o, n = o + ext, n + ext
+            continue
+        if not k.pmd_alloc(mm, n):
+            break
+        if isinstance(s, HugePmd):
+            if ext == pmd and huge_memory.move_huge_pmd(k, mm, o, n):
+                o, n = o + ext, n + ext
+                continue
+            old_vma = mm.vmas.find(o) or new_vma
+            if huge_memory.__split_huge_pmd(k, mm, old_vma, o, caller="move_page_tables") != 0:
+                break
+            s = pt.slot(o)
+        elif ext == pmd and pt.slot(n) is None:
+            # move_normal_pmd: the PTE table itself moves
+            pt.slots[n >> pt.pmd_shift] = pt.slots.pop(o >> pt.pmd_shift)
+            o, n = o + ext, n + ext
+            continue
+        if isinstance(s, PteTable):
+            if not k.pte_alloc(mm, n):
+                break
+            dst = pt.slot(n)
+            assert isinstance(dst, PteTable)
+            fi, ni = pt.pte_index(o), pt.pte_index(n)
+            for j in range(ext >> pt.page_shift):
+                e = s.ptes.pop(fi + j, None)
+                if e is not None:
+                    dst.ptes[ni + j] = e
+        o, n = o + ext, n + ext
+    return o - old

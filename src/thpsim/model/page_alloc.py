@@ -1,0 +1,129 @@
+"""The page allocator with fault injection (mm/page_alloc.c, mm/fail_page_alloc.c, lib/fault-inject.c).
+
+Every allocation in the model goes through :meth:`PageAllocator.alloc` with a *named site*
+(``pte_alloc_one@split``, ``pte_alloc_one@fault``, ``__pte_alloc``, ``folio@thp_fault``, ...). A
+:class:`FailPolicy` decides failures like ``should_fail_ex``: per-task ``fail_nth`` first (globally or counted
+at one site), then probability (seeded RNG), interval and times. A page budget models a memcg limit (tables and
+folios both charge it; frees uncharge), and PF_MEMALLOC reserves let reclaim-context allocations dip below the
+budget until the reserves are consumed (Hugh Dickins' reclaim concern). Every failure is a return value the
+caller handles; the allocator keeps a log so campaigns can enumerate allocation points.
+
+Left out: GFP flag filters (ignore-gfp-wait/highmem, min-order) — the model's sites are what you choose to fail.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from thpsim.errors import ThpsimError
+
+# Site names. Tables: pte_alloc_one@<caller> for the split/deposit tables, __pte_alloc / __pmd_alloc /
+# __pud_alloc for ordinary tables. Folios: folio@<caller>.
+SITES = (
+    "pte_alloc_one@split", "pte_alloc_one@fault", "pte_alloc_one@huge_zero", "pte_alloc_one@fork",
+    "pte_alloc_one@rmap_prealloc", "pte_alloc_one@reserve_pool", "__pte_alloc", "__pmd_alloc", "__pud_alloc",
+    "folio@thp_fault", "folio@fault", "folio@cow", "folio@collapse", "folio@huge_zero",
+)
+
+
+@dataclass(frozen=True)
+class FailPolicy:
+    fail_nth: int | None = None          # fail the n-th counted allocation (1-based), once
+    fail_site: str | None = None         # count (and fail) only allocations at this site (prefix match "pte_alloc_one")
+    probability: float = 0.0             # 0..1, with the injected seeded RNG
+    interval: int = 1                    # only every interval-th counted call may fail
+    times: int = -1                      # at most this many injected failures (-1 unlimited)
+    persistent_site: str | None = None   # every allocation at this site fails (persistent pressure)
+    budget_pages: int | None = None      # memcg-like limit on pages in use
+    reserve_pages: int = 0               # PF_MEMALLOC reserves usable beyond the budget
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.fail_nth is not None and self.fail_nth < 1:
+            raise ThpsimError("--fail-nth counts from 1")
+        if not 0.0 <= self.probability <= 1.0:
+            raise ThpsimError("--fail-prob must be between 0 and 1")
+        if self.interval < 1:
+            raise ThpsimError("--fail-interval must be at least 1")
+        for s in (self.fail_site, self.persistent_site):
+            if s is not None and not any(x.startswith(s) for x in SITES):
+                raise ThpsimError(f"unknown allocation site {s!r}; sites: {', '.join(SITES)}")
+
+    @property
+    def active(self) -> bool:
+        return (self.fail_nth is not None or self.probability > 0 or self.persistent_site is not None
+                or self.budget_pages is not None)
+
+
+@dataclass
+class AllocRecord:
+    n: int            # global allocation number (1-based)
+    site: str
+    pages: int
+    ok: bool
+    memalloc: bool
+
+
+@dataclass
+class PageAllocator:
+    policy: FailPolicy = field(default_factory=FailPolicy)
+    pages_in_use: int = 0
+    peak_pages: int = 0
+    reserve_used: int = 0
+    reserve_peak: int = 0
+    counted: int = 0
+    injected: int = 0
+    log: list[AllocRecord] = field(default_factory=list)
+    keep_log: bool = True
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.policy.seed)
+        self.per_site: dict[str, int] = {}
+
+    def _matches(self, site: str, pattern: str | None) -> bool:
+        return pattern is None or site.startswith(pattern)
+
+    def _should_fail(self, site: str) -> bool:
+        p = self.policy
+        if p.persistent_site is not None and site.startswith(p.persistent_site):
+            return True
+        if not self._matches(site, p.fail_site):
+            return False
+        self.counted += 1
+        if p.fail_nth is not None:
+            return self.counted == p.fail_nth
+        if p.probability <= 0:
+            return False
+        if p.times >= 0 and self.injected >= p.times:
+            return False
+        if self.counted % p.interval:
+            return False
+        return self.rng.random() < p.probability
+
+    def alloc(self, site: str, pages: int = 1, *, memalloc: bool = False) -> bool:
+        """Try to allocate ``pages`` pages at ``site``. Returns False on (injected or budget) failure."""
+        self.per_site[site] = self.per_site.get(site, 0) + 1
+        ok = not self._should_fail(site)
+        if not ok:
+            self.injected += 1
+        elif self.policy.budget_pages is not None and self.pages_in_use + pages > self.policy.budget_pages:
+            room = self.policy.reserve_pages - self.reserve_used
+            if memalloc and room >= pages:
+                self.reserve_used += pages
+                self.reserve_peak = max(self.reserve_peak, self.reserve_used)
+            else:
+                ok = False
+        if ok:
+            self.pages_in_use += pages
+            self.peak_pages = max(self.peak_pages, self.pages_in_use)
+        if self.keep_log:
+            self.log.append(AllocRecord(len(self.log) + 1, site, pages, ok, memalloc))
+        return ok
+
+    def free(self, pages: int = 1) -> None:
+        self.pages_in_use -= pages
+        # pages freed while reserves are in use replenish the reserves first
+        if self.reserve_used:
+            back = min(self.reserve_used, pages)
+            self.reserve_used -= back

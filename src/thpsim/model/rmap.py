@@ -1,0 +1,153 @@
+"""Reverse mapping (mm/rmap.c): __folio_add_rmap / __folio_remove_rmap arithmetic, the deferred-split decision,
+and the rmap walk used by try_to_unmap / try_to_migrate.
+
+The add/remove functions reproduce CONFIG_PAGE_MAPCOUNT exactly: the entire mapcount, per-page mapcounts,
+``_nr_pages_mapped`` (with ENTIRELY_MAPPED folded in as "entire > 0"), NR_ANON_THPS on the first/last PMD
+mapping, NR_ANON_MAPPED, and ``deferred_split_folio(folio, true)`` when some pages become unmapped while others
+stay mapped and no PMD mapping is left. A folio whose last mapping goes away (and has no pins) is freed.
+
+The rmap walk finds a folio's mappings by scanning the mms (the model has no anon_vma interval tree).
+Left out: KSM, file rmap, mlock bookkeeping beyond "mapped in a VM_LOCKED VMA".
+"""
+
+from __future__ import annotations
+
+from thpsim.model.folio import Folio
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+
+
+def _mapped_pages(f: Folio) -> int:
+    if not f.large:
+        return 1 if f.entire_mapcount > 0 else 0
+    return f.nr if f.entire_mapcount > 0 else f.nr_pages_mapped
+
+
+def folio_add_new_anon_rmap(k: Kernel, mm: MM, f: Folio, *, pmd: bool) -> None:
+    """folio_add_new_anon_rmap + add_mm_counter(MM_ANONPAGES): a fresh, exclusive folio mapped once."""
+    f.anon_exclusive = True
+    if pmd:
+        f.entire_mapcount = 1
+        k.vmstat.nr_anon_thps += 1
+    elif f.large:
+        for i in range(f.nr):
+            f.pte_mapcount[i] = 1  # type: ignore[index]
+        f.nr_pages_mapped = f.nr
+    else:
+        f.entire_mapcount = 1
+    k.vmstat.nr_anon_pages += f.nr
+    mm.anon_pages += f.nr
+
+
+def folio_add_anon_rmap_pmd(k: Kernel, mm: MM, f: Folio) -> None:
+    before = _mapped_pages(f)
+    f.entire_mapcount += 1
+    if f.entire_mapcount == 1:
+        k.vmstat.nr_anon_thps += 1
+    k.vmstat.nr_anon_pages += _mapped_pages(f) - before
+    mm.anon_pages += f.nr
+
+
+def folio_add_anon_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int], *, count_rss: bool = True) -> None:
+    before = _mapped_pages(f)
+    if f.large:
+        pm = f.pte_mapcount
+        for i in idxs:
+            pm[i] += 1  # type: ignore[index]
+            if pm[i] == 1:  # type: ignore[index]
+                f.nr_pages_mapped += 1
+    else:
+        f.entire_mapcount += len(idxs)
+    k.vmstat.nr_anon_pages += _mapped_pages(f) - before
+    if count_rss:
+        mm.anon_pages += len(idxs)
+
+
+def _maybe_free(k: Kernel, f: Folio) -> bool:
+    if f.total_mapcount() == 0 and f.pins == 0:
+        k.folio_free(f)
+        return True
+    return False
+
+
+def deferred_split_folio(k: Kernel, f: Folio, partially_mapped: bool) -> None:
+    if not f.large or f.freed:
+        return
+    if partially_mapped and not f.partially_mapped:
+        f.partially_mapped = True
+        if f.nr == k.nr:
+            k.vmstat.count("thp_deferred_split_page")
+        k.vmstat.mthp["split_deferred"] += 1
+        k.vmstat.mthp["nr_anon_partially_mapped"] += 1
+    if not f.on_deferred:
+        f.on_deferred = True
+        k.deferred[f.id] = f
+
+
+def folio_remove_rmap_pmd(k: Kernel, mm: MM, f: Folio, *, count_rss: bool = True) -> None:
+    before = _mapped_pages(f)
+    f.entire_mapcount -= 1
+    partially = False
+    if f.entire_mapcount == 0:
+        k.vmstat.nr_anon_thps -= 1
+        nr_unmapped = f.nr - f.nr_pages_mapped
+        partially = 0 < nr_unmapped < f.nr
+    k.vmstat.nr_anon_pages -= before - _mapped_pages(f)
+    if count_rss:
+        mm.anon_pages -= f.nr
+    if not _maybe_free(k, f) and partially:
+        deferred_split_folio(k, f, True)
+
+
+def folio_remove_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int], *, count_rss: bool = True) -> None:
+    before = _mapped_pages(f)
+    if f.large:
+        pm = f.pte_mapcount
+        last = 0
+        for i in idxs:
+            pm[i] -= 1  # type: ignore[index]
+            if pm[i] == 0:  # type: ignore[index]
+                last += 1
+        f.nr_pages_mapped -= last
+        nr = last if f.entire_mapcount == 0 else 0
+        partially = nr > 0 and f.nr_pages_mapped > 0
+    else:
+        f.entire_mapcount -= len(idxs)
+        partially = False
+    k.vmstat.nr_anon_pages -= before - _mapped_pages(f)
+    if count_rss:
+        mm.anon_pages -= len(idxs)
+    if not _maybe_free(k, f) and partially:
+        deferred_split_folio(k, f, True)
+
+
+def folio_maybe_mapped_shared(k: Kernel, f: Folio) -> bool:
+    """Is the folio mapped by more than one mm? (exact here; the kernel's answer is an estimate)."""
+    return len({id(mm) for mm, _a, _kind in rmap_walk(k, f)}) > 1
+
+
+def rmap_walk(k: Kernel, f: Folio) -> list[tuple[MM, int, str]]:
+    """All mappings of folio f: (mm, address, "pmd" | "pte"), in process then address order."""
+    out: list[tuple[MM, int, str]] = []
+    for mm in k.procs.values():
+        if not mm.alive:
+            continue
+        pt = mm.pt
+        for idx, s in pt.slots.items():
+            base = idx << pt.pmd_shift
+            if isinstance(s, HugePmd):
+                if s.folio is f:
+                    out.append((mm, base, "pmd"))
+            elif isinstance(s, PteTable):
+                for pi, pte in s.ptes.items():
+                    if pte.kind == PTE_PAGE and pte.folio is f:
+                        out.append((mm, base + (pi << pt.page_shift), "pte"))
+    return out
+
+
+def mms_mapping(k: Kernel, f: Folio) -> list[MM]:
+    seen: list[MM] = []
+    for mm, _a, _kind in rmap_walk(k, f):
+        if mm not in seen:
+            seen.append(mm)
+    return seen

@@ -1,0 +1,128 @@
+"""Shadow memory: an independent, deliberately simple model of what a program reads at each address.
+
+It knows nothing about page tables: it follows only the syscall contracts (mmap gives zeroes, writes store
+bytes, MADV_DONTNEED and munmap discard, mremap moves contents, fork copies, MADV_FREE makes a page "old data or
+zero" until written). After every step the page-table model's contents must agree with it; a disagreement is a
+*data-contract violation*, named after the operation whose contract was broken (e.g. the lazy design's zap skip:
+"MADV_DONTNEED returned 0 but [A+4K, A+8K) still holds data").
+"""
+
+from __future__ import annotations
+
+from thpsim.model.folio import ZERO, Content, content_is_zero
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+
+
+class Shadow:
+    def __init__(self, page: int) -> None:
+        self.page = page
+        self.procs: dict[str, dict[int, Content]] = {}
+        self.maybe_zero: dict[str, set[int]] = {}   # MADV_FREE'd pages: old data or zero
+        self.last_op: dict[str, dict[int, str]] = {}  # page -> op that last defined its expected content
+
+    def proc(self, name: str) -> dict[int, Content]:
+        return self.procs.setdefault(name, {})
+
+    def discard(self, name: str, start: int, end: int, why: str) -> None:
+        d = self.proc(name)
+        mz = self.maybe_zero.setdefault(name, set())
+        lo = self.last_op.setdefault(name, {})
+        for a in range(start - start % self.page, end, self.page):
+            d.pop(a, None)
+            mz.discard(a)
+            lo[a] = why
+
+    def write(self, name: str, addr: int, c: Content, why: str) -> None:
+        self.proc(name)[addr] = c
+        self.maybe_zero.setdefault(name, set()).discard(addr)
+        self.last_op.setdefault(name, {})[addr] = why
+
+    def lazyfree(self, name: str, start: int, end: int) -> None:
+        mz = self.maybe_zero.setdefault(name, set())
+        for a in range(start - start % self.page, end, self.page):
+            if a in self.proc(name):
+                mz.add(a)
+
+    def move(self, name: str, old: int, new: int, length: int) -> None:
+        d = self.proc(name)
+        mz = self.maybe_zero.setdefault(name, set())
+        moved = {a - old + new: c for a, c in d.items() if old <= a < old + length}
+        mzm = {a - old + new for a in mz if old <= a < old + length}
+        for a in [a for a in d if old <= a < old + length]:
+            del d[a]
+        for a in [a for a in mz if old <= a < old + length]:
+            mz.discard(a)
+        d.update(moved)
+        mz.update(mzm)
+
+    def fork(self, parent: str, child: str, skip: list[tuple[int, int]]) -> None:
+        d = {a: c for a, c in self.proc(parent).items() if not any(s <= a < e for s, e in skip)}
+        self.procs[child] = d
+        self.maybe_zero[child] = {a for a in self.maybe_zero.get(parent, set()) if a in d}
+        self.last_op[child] = dict(self.last_op.get(parent, {}))
+
+    def drop(self, name: str) -> None:
+        self.procs.pop(name, None)
+        self.maybe_zero.pop(name, None)
+        self.last_op.pop(name, None)
+
+
+def model_contents(k: Kernel, mm: MM) -> dict[int, Content]:
+    """Non-zero page contents the page-table model would return to a reader (present or swapped)."""
+    out: dict[int, Content] = {}
+    pt = mm.pt
+    for idx, s in pt.slots.items():
+        base = idx << pt.pmd_shift
+        if isinstance(s, HugePmd):
+            f = s.folio
+            if f is None:
+                continue
+            if f.pages is None and content_is_zero(f.default):
+                continue
+            for i in range(f.nr):
+                c = f.content(i)
+                if not content_is_zero(c):
+                    out[base + i * k.page] = c
+            continue
+        assert isinstance(s, PteTable)
+        for i, pte in s.ptes.items():
+            if pte.kind in (PTE_PAGE, PTE_SWAP) and pte.folio is not None:
+                c = pte.folio.content(pte.idx)
+                if not content_is_zero(c):
+                    out[base + (i << pt.page_shift)] = c
+    return out
+
+
+def compare(k: Kernel, mm: MM, shadow: Shadow, base: int) -> list[str]:
+    """Data-contract violations for one process, as readable ranges."""
+    want = shadow.proc(mm.name)
+    mz = shadow.maybe_zero.get(mm.name, set())
+    got = model_contents(k, mm)
+    bad: list[tuple[int, str]] = []
+    for a in sorted(set(want) | set(got)):
+        w = want.get(a, ZERO)
+        g = got.get(a, ZERO)
+        if w == g or (a in mz and content_is_zero(g)):
+            continue
+        why = shadow.last_op.get(mm.name, {}).get(a, "the trace")
+        kind = "still holds data" if content_is_zero(w) else "lost its data" if content_is_zero(g) else \
+            "holds different data"
+        bad.append((a, f"{why} but the page {kind}"))
+    out: list[str] = []
+    i = 0
+    while i < len(bad):
+        j = i
+        while j + 1 < len(bad) and bad[j + 1][0] == bad[j][0] + k.page and bad[j + 1][1] == bad[i][1]:
+            j += 1
+        lo, hi = bad[i][0] - base, bad[j][0] + k.page - base
+        out.append(f"{mm.name}: [{_fmt(lo)}, {_fmt(hi)}): {bad[i][1]}")
+        i = j + 1
+    return out
+
+
+def _fmt(off: int) -> str:
+    for unit, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if off and off % m == 0:
+            return f"{off // m}{unit}"
+    return f"{off:#x}"

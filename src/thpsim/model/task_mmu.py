@@ -1,0 +1,134 @@
+"""What /proc shows (fs/proc/task_mmu.c, fs/proc/array.c): status (VmPTE, VmRSS, RssAnon, VmLck, VmSwap),
+smaps per VMA (Rss, Anonymous, AnonHugePages, LazyFree, Locked, Swap — walked from the page tables like
+``smaps_pmd_entry`` / ``smaps_pte_entry`` / ``smaps_account``, so the huge zero page and the zero page count in
+nothing, Locked is PSS-based), the page-map view (PAGEMAP_SCAN categories), and the PAGEMAP_SCAN write-protect
+ioctl path that splits a partially covered huge PMD (series v3 13/24). Reading never splits anything.
+"""
+
+from __future__ import annotations
+
+from thpsim.model import huge_memory
+from thpsim.model.folio import Folio
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
+from thpsim.model.vma import VM_LOCKED
+from thpsim.observation import ProcObs, Run, VmaObs, merge_runs
+
+PSS_SHIFT = 12
+
+
+def _pss(f: Folio, i: int, page: int) -> int:
+    mc = f.page_mapcount(i)
+    unit = page << PSS_SHIFT
+    return unit // mc if mc >= 2 else unit
+
+
+def smaps(k: Kernel, mm: MM, base: int) -> tuple[VmaObs, ...]:
+    out = []
+    pt = mm.pt
+    page = k.page
+    for v in mm.vmas:
+        rss = anon = ahp = lazy = swap = 0
+        pss_locked = 0
+        locked = bool(v.flags & VM_LOCKED)
+        for idx in range(v.start >> pt.pmd_shift, ((v.end - 1) >> pt.pmd_shift) + 1):
+            s = pt.slots.get(idx)
+            if s is None:
+                continue
+            if isinstance(s, HugePmd):
+                f = s.folio
+                if f is None:
+                    continue
+                size = k.pmd_size
+                rss += size
+                anon += size
+                ahp += size
+                if not f.swapbacked and not s.dirty and not f.dirty:
+                    lazy += size
+                if locked:
+                    pss_locked += sum(_pss(f, i, page) for i in range(f.nr)) if f.refcount() != 1 else \
+                        size << PSS_SHIFT
+                continue
+            base_addr = idx << pt.pmd_shift
+            lo = max(v.start, base_addr)
+            hi = min(v.end, base_addr + k.pmd_size)
+            first = pt.pte_index(lo)
+            assert isinstance(s, PteTable)
+            for i in range(first, first + ((hi - lo) >> pt.page_shift)):
+                pte = s.ptes.get(i)
+                if pte is None:
+                    continue
+                if pte.kind == PTE_SWAP:
+                    swap += page
+                    continue
+                if pte.kind != PTE_PAGE:
+                    continue
+                f = pte.folio
+                assert f is not None
+                rss += page
+                anon += page
+                if not f.swapbacked and not pte.dirty and not f.dirty:
+                    lazy += page
+                if locked:
+                    pss_locked += _pss(f, pte.idx, page)
+        out.append(VmaObs(
+            start=v.start - base, end=v.end - base, perms=v.perms(), rss_kb=rss >> 10, anonymous_kb=anon >> 10,
+            anon_huge_kb=ahp >> 10, lazyfree_kb=lazy >> 10, locked_kb=(pss_locked >> PSS_SHIFT) >> 10,
+            swap_kb=swap >> 10,
+        ))
+    return tuple(out)
+
+
+def pagemap_runs(k: Kernel, mm: MM, base: int) -> tuple[Run, ...]:
+    pt = mm.pt
+    runs: list[Run] = []
+    for idx in sorted(pt.slots):
+        s = pt.slots[idx]
+        a = idx << pt.pmd_shift
+        if isinstance(s, HugePmd):
+            runs.append(Run(a - base, a - base + k.pmd_size, "pmd_zero" if s.is_zero else "pmd"))
+            continue
+        for i in sorted(s.ptes):
+            pte = s.ptes[i]
+            pa = a + (i << pt.page_shift) - base
+            if pte.kind == PTE_PAGE:
+                kind = "pte_thp" if pte.folio is not None and pte.folio.large else "pte"
+            elif pte.kind == PTE_ZERO:
+                kind = "zero"
+            elif pte.kind == PTE_SWAP:
+                kind = "swap"
+            elif pte.kind == PTE_GUARD:
+                kind = "guard"
+            else:
+                continue
+            runs.append(Run(pa, pa + k.page, kind))
+    return merge_runs(runs)
+
+
+def proc_obs(k: Kernel, mm: MM, base: int) -> ProcObs:
+    return ProcObs(
+        proc=mm.name,
+        vm_pte_kb=mm.pt.pgtables_bytes >> 10,
+        vm_rss_kb=mm.anon_pages * k.page >> 10,
+        rss_anon_kb=mm.anon_pages * k.page >> 10,
+        vm_lck_kb=mm.locked_vm * k.page >> 10,
+        vm_swap_kb=mm.swap_ents * k.page >> 10,
+        vmas=smaps(k, mm, base),
+        pagemap=pagemap_runs(k, mm, base),
+    )
+
+
+def pagemap_scan_wp(k: Kernel, mm: MM, start: int, end: int) -> int:
+    """PAGEMAP_SCAN with PM_SCAN_WP_MATCHING: write-protect [start, end); a partly covered huge PMD is split."""
+    p = k.pmd_size
+    for v in mm.vmas.overlapping(start, end):
+        lo, hi = max(v.start, start), min(v.end, end)
+        a = lo
+        while a < hi:
+            nxt = min((a | (p - 1)) + 1, hi)
+            s = mm.pt.slot(a)
+            if isinstance(s, HugePmd) and nxt - a != p:
+                if huge_memory.__split_huge_pmd(k, mm, v, a, caller="pagemap_scan_thp_entry") != 0:
+                    return -12
+            a = nxt
+    return 0
