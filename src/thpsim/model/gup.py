@@ -27,9 +27,9 @@ def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ..
             return done or EFAULT
         if memory.fault_in_range(k, mm, a, a + k.page, write=write) != VM_FAULT_OK:
             return done or EFAULT
-        if "split_pmd" in flags and isinstance(mm.pt.slot(a), HugePmd):
-            if huge_memory.__split_huge_pmd(k, mm, vma, a, caller="follow_pmd_mask") != 0:
-                return done or ENOMEM
+        if ("split_pmd" in flags and isinstance(mm.pt.slot(a), HugePmd)
+                and huge_memory.__split_huge_pmd(k, mm, vma, a, caller="follow_pmd_mask") != 0):
+            return done or ENOMEM
         if pin:
             s = mm.pt.slot(a)
             f = None

@@ -127,8 +127,8 @@ def pagemap_scan_wp(k: Kernel, mm: MM, start: int, end: int) -> int:
         while a < hi:
             nxt = min((a | (p - 1)) + 1, hi)
             s = mm.pt.slot(a)
-            if isinstance(s, HugePmd) and nxt - a != p:
-                if huge_memory.__split_huge_pmd(k, mm, v, a, caller="pagemap_scan_thp_entry") != 0:
-                    return -12
+            if (isinstance(s, HugePmd) and nxt - a != p
+                    and huge_memory.__split_huge_pmd(k, mm, v, a, caller="pagemap_scan_thp_entry") != 0):
+                return -12
             a = nxt
     return 0
