@@ -151,7 +151,9 @@ class PagemapReader:
         return out
 
     def guard_ranges(self, start: int, end: int) -> list[tuple[int, int]]:
-        return [(s, e) for s, e, c in self.scan(start, end) if c & S.PAGE_IS_GUARD]
+        # PAGEMAP_SCAN wants page-aligned bounds (EINVAL otherwise); sub-page accesses are rounded out
+        lo, hi = start - start % PAGE, -(-end // PAGE) * PAGE
+        return [(s, e) for s, e, c in self.scan(lo, hi) if c & S.PAGE_IS_GUARD]
 
 
 def arena_runs(pid: int | str = "self") -> tuple[Run, ...]:

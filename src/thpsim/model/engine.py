@@ -85,8 +85,12 @@ def _result(rc: int) -> int | str:
 class Simulator:
     """Runs ops one at a time (so campaigns can drive it step by step)."""
 
-    def __init__(self, k: Kernel, *, check: bool = False, shadow: bool = False, base: int = ARENA_BASE) -> None:
+    def __init__(self, k: Kernel, *, check: bool = False, shadow: bool = False, base: int = ARENA_BASE,
+                 observe: str = "full") -> None:
+        if observe not in ("full", "status"):
+            raise ValueError(f"observe must be 'full' or 'status', not {observe!r}")
         self.k = k
+        self.full = observe == "full"
         self.check = check
         self.base = base
         self.shadow = Shadow(k.page) if shadow else None
@@ -124,7 +128,7 @@ class Simulator:
     def observe(self, i: int, op: Op, result: int | str | None, data: str | None,
                 violations: list[str]) -> StepObs:
         k = self.k
-        procs = tuple(task_mmu.proc_obs(k, k.procs[n], self.base) for n in self.order
+        procs = tuple(task_mmu.proc_obs(k, k.procs[n], self.base, full=self.full) for n in self.order
                       if n in k.procs and k.procs[n].alive)
         ev = k.vmstat.events
         vm = tuple(sorted((n, ev[n]) for n in ev if ev[n] and n in VMSTAT_REPORTED))
@@ -137,7 +141,11 @@ class Simulator:
     # ---- dispatch --------------------------------------------------------------------------------------------
     def _do(self, op: Op) -> tuple[int | str | None, str | None]:
         k = self.k
-        mm = k.procs[op.proc]
+        mm = k.procs.get(op.proc)
+        if mm is None or not mm.alive:
+            # e.g. the fork that should have created it failed (ENOMEM): nothing to run it in
+            k.log.notes.append(f"process {op.proc!r} does not exist (its fork failed or it exited): op not run")
+            return None, None
         a = self.base + op.start
         sh = self.shadow
         kind = op.kind
@@ -168,13 +176,22 @@ class Simulator:
         if kind == "munlock":
             return _result(mlock.do_munlock(k, mm, a, op.length)), None
         if kind == "madvise":
+            end = a + op.length
+            hole = not mm.vmas.covered(a, end)
             rc = madvise.do_madvise(k, mm, a, op.length, op.advice)
-            if rc == 0 and sh:
-                end = a + op.length
-                if op.advice in ("dontneed", "dontneed_locked", "guard_install"):
-                    sh.discard(op.proc, a, end, f"MADV_{op.advice.upper()} returned 0")
-                elif op.advice == "free":
-                    sh.lazyfree(op.proc, a, end)
+            if sh and (rc == 0 or (rc == -_errno.ENOMEM and hole)):
+                # ENOMEM for a hole: madvise_walk_vmas still applied the advice to every mapped part
+                mapped = [(max(v.start, a), min(v.end, end)) for v in mm.vmas.overlapping(a, end)] if rc else \
+                    [(a, end)]
+                why = f"MADV_{op.advice.upper()} returned {'0' if rc == 0 else 'ENOMEM (hole)'}"
+                for lo, hi in mapped:
+                    if op.advice in ("dontneed", "dontneed_locked", "guard_install"):
+                        if rc == 0 or not k.design.split_can_fail:
+                            sh.discard(op.proc, lo, hi, why)
+                        else:   # lazy designs: the ENOMEM may also be a failed split; data or zero
+                            sh.lazyfree(op.proc, lo, hi)
+                    elif op.advice == "free":
+                        sh.lazyfree(op.proc, lo, hi)
             return _result(rc), None
         if kind in ("write", "read"):
             res, raw, pages = memory.access(k, mm, a, a + op.length, write=kind == "write", stride=op.stride,
@@ -246,6 +263,8 @@ class Simulator:
         if op.new_length < op.length:
             sh.discard(op.proc, old + op.new_length, old + op.length, "mremap shrink")
         if new != old:
+            # MREMAP_FIXED (and DONTUNMAP) unmap whatever was at the destination first
+            sh.discard(op.proc, new, new + op.new_length, "mremap to a fixed destination")
             sh.move(op.proc, old, new, keep)
             if "dontunmap" not in op.flags:
                 sh.discard(op.proc, old, old + op.length, "mremap")
@@ -257,10 +276,12 @@ class Simulator:
 
 def run_model(trace: Trace, *, design: str = "upstream", arch: str = "x86_64", knobs: Knobs | None = None,
               policy: FailPolicy | None = None, check: bool = False, shadow: bool = False,
-              max_retries: int = 1000, keep_kernel: bool = True) -> ModelRun:
+              max_retries: int = 1000, keep_kernel: bool = True, observe: str = "full") -> ModelRun:
+    """Replay ``trace``. ``observe="status"`` skips smaps and the page-map view in the observations (much faster
+    on large traces; enough for page-table accounting, comparisons and reports)."""
     k = make_kernel(design=design, arch=arch, knobs=knobs, policy=policy, overrides=trace.header.kernel,
                     max_retries=max_retries)
-    sim = Simulator(k, check=check, shadow=shadow)
+    sim = Simulator(k, check=check, shadow=shadow, observe=observe)
     run = ModelRun(design=design, arch=arch)
     for i, op in enumerate(trace.ops):
         obs = sim.step(i, op)

@@ -81,31 +81,40 @@ def smaps(k: Kernel, mm: MM, base: int) -> tuple[VmaObs, ...]:
 
 def pagemap_runs(k: Kernel, mm: MM, base: int) -> tuple[Run, ...]:
     pt = mm.pt
-    runs: list[Run] = []
+    # coalesce while walking (address order): plain [start, end, kind] lists, Run objects only at the end
+    runs: list[list] = []
+    pmd_size, page, shift, pshift = k.pmd_size, k.page, pt.pmd_shift, pt.page_shift
+    simple = {PTE_ZERO: "zero", PTE_SWAP: "swap", PTE_GUARD: "guard"}
     for idx in sorted(pt.slots):
         s = pt.slots[idx]
-        a = idx << pt.pmd_shift
+        a = (idx << shift) - base
         if isinstance(s, HugePmd):
-            runs.append(Run(a - base, a - base + k.pmd_size, "pmd_zero" if s.is_zero else "pmd"))
-            continue
-        for i in sorted(s.ptes):
-            pte = s.ptes[i]
-            pa = a + (i << pt.page_shift) - base
-            if pte.kind == PTE_PAGE:
-                kind = "pte_thp" if pte.folio is not None and pte.folio.large else "pte"
-            elif pte.kind == PTE_ZERO:
-                kind = "zero"
-            elif pte.kind == PTE_SWAP:
-                kind = "swap"
-            elif pte.kind == PTE_GUARD:
-                kind = "guard"
+            kind = "pmd_zero" if s.is_zero else "pmd"
+            if runs and runs[-1][1] == a and runs[-1][2] == kind:
+                runs[-1][1] = a + pmd_size
             else:
-                continue
-            runs.append(Run(pa, pa + k.page, kind))
-    return merge_runs(runs)
+                runs.append([a, a + pmd_size, kind])
+            continue
+        ptes = s.ptes
+        for i in sorted(ptes):
+            pte = ptes[i]
+            pk = pte.kind
+            if pk == PTE_PAGE:
+                kind = "pte_thp" if pte.folio is not None and pte.folio.large else "pte"
+            else:
+                kind = simple.get(pk)
+                if kind is None:
+                    continue
+            pa = a + (i << pshift)
+            if runs and runs[-1][1] == pa and runs[-1][2] == kind:
+                runs[-1][1] = pa + page
+            else:
+                runs.append([pa, pa + page, kind])
+    return merge_runs([Run(r[0], r[1], r[2]) for r in runs])
 
 
-def proc_obs(k: Kernel, mm: MM, base: int) -> ProcObs:
+def proc_obs(k: Kernel, mm: MM, base: int, *, full: bool = True) -> ProcObs:
+    """The status values, plus smaps and the page-map view when ``full``."""
     return ProcObs(
         proc=mm.name,
         vm_pte_kb=mm.pt.pgtables_bytes >> 10,
@@ -113,8 +122,8 @@ def proc_obs(k: Kernel, mm: MM, base: int) -> ProcObs:
         rss_anon_kb=mm.anon_pages * k.page >> 10,
         vm_lck_kb=mm.locked_vm * k.page >> 10,
         vm_swap_kb=mm.swap_ents * k.page >> 10,
-        vmas=smaps(k, mm, base),
-        pagemap=pagemap_runs(k, mm, base),
+        vmas=smaps(k, mm, base) if full else (),
+        pagemap=pagemap_runs(k, mm, base) if full else (),
     )
 
 

@@ -1,0 +1,562 @@
+"""The thpsim command line. The only module that prints.
+
+Every command has --json. Errors the user can fix (a malformed trace, an unreadable /proc file, a bad option)
+are one line on stderr and exit status 2; a run that finds a difference exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from thpsim import __version__
+from thpsim.errors import ThpsimError
+
+EXIT_OK, EXIT_DIFF, EXIT_USAGE = 0, 1, 2
+
+
+# ---- helpers ------------------------------------------------------------------------------------------------------
+def _out(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _json(obj: Any) -> None:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = dataclasses.asdict(obj)
+    _out(json.dumps(obj, indent=1, sort_keys=False, default=_default))
+
+
+def _default(o: Any) -> Any:
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return dataclasses.asdict(o)
+    if isinstance(o, set | frozenset):
+        return sorted(o)
+    return str(o)
+
+
+def _knobs(args: argparse.Namespace) -> Any:
+    from thpsim.model.knobs import Knobs
+
+    k = Knobs()
+    if getattr(args, "host_knobs", False):
+        from thpsim.live.env import detect
+
+        k = detect().knobs()
+    over: dict[str, Any] = {}
+    for kv in getattr(args, "knob", None) or []:
+        if "=" not in kv:
+            raise ThpsimError(f"--knob takes NAME=VALUE (got {kv!r}), e.g. --knob thp_enabled=always")
+        name, val = kv.split("=", 1)
+        over[name] = _parse_value(val)
+    return k.with_overrides(over) if over else k
+
+
+def _parse_value(v: str) -> Any:
+    if v.lower() in ("true", "yes", "on", "1"):
+        return True
+    if v.lower() in ("false", "no", "off", "0"):
+        return False
+    try:
+        return int(v)
+    except ValueError:
+        return v
+
+
+def _policy(args: argparse.Namespace) -> Any:
+    from thpsim.model.page_alloc import FailPolicy
+    from thpsim.trace.format import parse_size
+
+    budget = None
+    if getattr(args, "budget", None):
+        budget = parse_size(args.budget) // 4096
+    reserves = parse_size(args.reserves) // 4096 if getattr(args, "reserves", None) else 0
+    return FailPolicy(fail_nth=getattr(args, "fail_nth", None), fail_site=getattr(args, "fail_site", None),
+                      probability=getattr(args, "fail_prob", 0.0) or 0.0,
+                      interval=getattr(args, "fail_interval", 1) or 1, times=getattr(args, "fail_times", -1),
+                      persistent_site=getattr(args, "fail_persistent", None), budget_pages=budget,
+                      reserve_pages=reserves, seed=getattr(args, "seed", 0) or 0)
+
+
+def _add_model_opts(p: argparse.ArgumentParser, *, inject: bool = True) -> None:
+    p.add_argument("--design", default="upstream", help="upstream | lazy | lazy-zap-zero | lazy-zap-enomem | "
+                   "lazy-mprotect-upfront | lazy-reclaim-pool (default upstream)")
+    p.add_argument("--arch", default="x86_64", help="x86_64 | arm64-4k | arm64-16k | arm64-64k | ppc64-hash | "
+                   "ppc64-radix | s390x | riscv64")
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE",
+                   help="kernel knob override, e.g. thp_enabled=always, use_zero_page=false, swap=true")
+    p.add_argument("--host-knobs", action="store_true", help="configure the model like the running kernel")
+    if inject:
+        g = p.add_argument_group("fault injection")
+        g.add_argument("--fail-nth", type=int, help="fail the N-th counted allocation (1-based)")
+        g.add_argument("--fail-site", help="count/fail only this allocation site (prefix), e.g. pte_alloc_one@split")
+        g.add_argument("--fail-prob", type=float, default=0.0, help="failure probability 0..1 (seeded)")
+        g.add_argument("--fail-interval", type=int, default=1)
+        g.add_argument("--fail-times", type=int, default=-1)
+        g.add_argument("--fail-persistent", metavar="SITE", help="every allocation at SITE fails")
+        g.add_argument("--budget", help="page budget (memcg-like limit), e.g. 64M")
+        g.add_argument("--reserves", help="PF_MEMALLOC reserves beyond the budget, e.g. 1M")
+        g.add_argument("--seed", type=int, default=0)
+
+
+def _load(path: str) -> Any:
+    from thpsim.trace import format as tf
+
+    return tf.load(path)
+
+
+# ---- step table ---------------------------------------------------------------------------------------------------
+def format_steps(trace: Any, steps: Sequence[Any], *, title: str = "") -> str:
+    from thpsim.trace.format import format_size
+
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append(f"{'step':>4} {'line':>4}  {'operation':<44} {'result':>9}  per process (kB)  | thp_* (since start)")
+    prev: dict[str, int] = {}
+    for op, s in zip(trace.ops, steps, strict=False):
+        res = "" if s.result is None else str(s.result if not isinstance(s.result, int) or s.op not in
+                                               ("mmap", "mremap") else format_size(s.result))
+        procs = "  ".join(f"{p.proc}: pte {p.vm_pte_kb} rss {p.rss_anon_kb} ahp "
+                          f"{sum(v.anon_huge_kb for v in p.vmas)}" + (f" lck {p.vm_lck_kb}" if p.vm_lck_kb else "")
+                          + (f" swp {p.vm_swap_kb}" if p.vm_swap_kb else "") for p in s.procs)
+        cur = dict(s.vmstat)
+        changed = {k: v for k, v in cur.items() if prev.get(k, 0) != v}
+        prev = cur
+        ev = " ".join(f"{k.removeprefix('thp_')}={v}" for k, v in sorted(changed.items()))
+        lines.append(f"{s.step:>4} {s.line:>4}  {op.describe():<44.44} {res:>9}  {procs}" + (f"  | {ev}" if ev else ""))
+        for n in s.notes:
+            lines.append(f"{'':>11}note: {n}")
+        for v in s.violations:
+            lines.append(f"{'':>11}VIOLATION: {v}")
+    return "\n".join(lines)
+
+
+# ---- commands -----------------------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from thpsim.model.engine import run_model
+    from thpsim.observation import to_dict
+
+    trace = _load(args.trace)
+    run = run_model(trace, design=args.design, arch=args.arch, knobs=_knobs(args), policy=_policy(args),
+                    check=args.check, shadow=not args.no_shadow)
+    if args.json:
+        _json({"trace": trace.header.name or args.trace, "design": args.design, "arch": args.arch,
+               "steps": [to_dict(s) for s in run.steps], "peak_pgtables_bytes": run.peak_pgtables_bytes,
+               "final_pgtables_bytes": run.final_pgtables_bytes, "violations": run.violations})
+    else:
+        _out(format_steps(trace, run.steps, title=f"{trace.header.name or args.trace}: model, design "
+                                                   f"{run.design}, arch {args.arch}"))
+        _out(f"peak page tables {run.peak_pgtables_bytes // 1024} kB, final {run.final_pgtables_bytes // 1024} kB"
+             + (f"; {len(run.violations)} data-contract violation(s)" if run.violations else ""))
+    return EXIT_OK
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from thpsim.live.env import skip_reason
+    from thpsim.live.runner import run_live
+    from thpsim.observation import to_dict
+
+    trace = _load(args.trace)
+    why = skip_reason()
+    if why:
+        raise ThpsimError(f"cannot run on the live kernel: {why}")
+    steps = run_live(trace, allow_sysfs=args.allow_sysfs)
+    if args.json:
+        _json({"trace": trace.header.name or args.trace, "steps": [to_dict(s) for s in steps]})
+    else:
+        _out(format_steps(trace, steps, title=f"{trace.header.name or args.trace}: live kernel "
+                                              f"{os.uname().release}"))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from thpsim.analysis.diff import diff_steps
+    from thpsim.live.env import detect, skip_reason
+    from thpsim.live.runner import run_live
+    from thpsim.model.engine import run_model
+    from thpsim.trace.format import MODEL_ONLY_OPS
+
+    why = skip_reason()
+    if why:
+        raise ThpsimError(f"cannot diff against the live kernel: {why}")
+    env = detect()
+    knobs = env.knobs()
+    results = []
+    worst = EXIT_OK
+    for path in args.traces:
+        trace = _load(path)
+        model = run_model(trace, design="upstream", knobs=knobs, check=True)
+        for rnd in range(args.runs):
+            live = run_live(trace)
+            d = diff_steps(model.steps, live, model_only_ops=MODEL_ONLY_OPS, compare_globals=not args.ignore_globals)
+            results.append({"trace": path, "run": rnd + 1, "identical": d.identical,
+                            "compared_steps": d.compared_steps, "note": d.note,
+                            "mismatches": [dataclasses.asdict(m) for m in d.exact],
+                            "noisy": [dataclasses.asdict(m) for m in d.noisy]})
+            if not d.identical:
+                worst = EXIT_DIFF
+            if not args.json:
+                state = "identical" if d.identical else f"DIFFERENT ({len(d.exact)} mismatches)"
+                extra = f" [{d.note}]" if d.note else ""
+                _out(f"{path} (run {rnd + 1}): {state}, {d.compared_steps} steps compared, "
+                     f"{len(d.noisy)} noisy global differences{extra}")
+                for m in d.exact[:args.max_show]:
+                    _out("  " + m.describe())
+                if args.verbose:
+                    for m in d.noisy[:args.max_show]:
+                        _out("  " + m.describe())
+    if args.json:
+        _json({"kernel": env.kernel_release, "results": results})
+    return worst
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from thpsim.live.probe import format_probe, probe
+
+    p = probe()
+    if args.json:
+        _json(p)
+    else:
+        _out(format_probe(p))
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from thpsim.analysis.demo import demo_text, run_demo
+
+    outdir = args.output or "."
+    res = run_demo(outdir, live=not args.no_live)
+    if args.json:
+        _json(res)
+    else:
+        _out(demo_text(res))
+    return EXIT_OK
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from thpsim.analysis.compare import compare_trace, format_comparison
+
+    trace = _load(args.trace)
+    designs = tuple(args.designs.split(",")) if args.designs else ("upstream", "lazy")
+    c = compare_trace(trace, designs=designs, arch=args.arch, knobs=_knobs(args), policy=_policy(args))
+    if args.json:
+        _json(c)
+    else:
+        _out(format_comparison(c))
+    return EXIT_OK
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    if args.live:
+        from thpsim.analysis.selftest_live import format_tap_live, run_selftests_live
+
+        results = run_selftests_live()
+        if args.json:
+            _json(results)
+        else:
+            _out(format_tap_live(results))
+        return EXIT_OK if all(r.ok for r in results.tests) else EXIT_DIFF
+    from thpsim.analysis.selftest import format_tap, run_selftests
+
+    res = run_selftests(design=args.design, inject=args.inject, arch=args.arch)
+    if args.json:
+        _json(res)
+    else:
+        _out(format_tap(res))
+    return EXIT_OK
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from thpsim.analysis.campaign import exhaustive, format_campaign
+
+    trace = _load(args.trace)
+    sites = tuple(args.sites.split(",")) if args.sites else None
+    r = exhaustive(trace, design=args.design, arch=args.arch, sites=sites)
+    if args.json:
+        _json(r)
+    else:
+        _out(format_campaign(r))
+    return EXIT_OK
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from thpsim.analysis.review import format_review, review_table
+
+    rows = review_table()
+    if args.json:
+        _json(rows)
+    else:
+        _out(format_review(rows))
+    return EXIT_OK
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from thpsim.analysis.report import build_report, to_json, write_html, write_images
+
+    def progress(i: int, n: int, label: str) -> None:
+        if args.json or not sys.stderr.isatty():
+            return
+        width = 30
+        done = int(width * i / max(n, 1))
+        sys.stderr.write(f"\r[{'#' * done}{'.' * (width - done)}] {i}/{n} {label[:40]:<40}")
+        if i == n:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    designs = tuple(args.designs.split(",")) if args.designs else None
+    kw: dict[str, Any] = {"progress": progress, "arch": args.arch}
+    if designs:
+        kw["designs"] = designs
+    if args.pressure:
+        from thpsim.model.page_alloc import FailPolicy
+
+        kw["pressure"] = FailPolicy(probability=args.pressure, seed=args.seed)
+    data = build_report(args.traces, **kw)
+    write_html(data, args.output)
+    images: list[str] = []
+    if args.images:
+        images = write_images(data, args.images, fmt=args.image_format)
+    if args.json:
+        _out(to_json(data))
+    else:
+        _out(f"wrote {args.output}" + (f" and {len(images)} images in {args.images}" if images else ""))
+    return EXIT_OK
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from thpsim.analysis import estimate as est
+    from thpsim.analysis.snapshot import load_snapshot
+
+    if args.snapshot and (len(args.snapshot) > 1 or args.scheduler):
+        f = est.estimate_fleet(args.snapshot, scheduler=args.scheduler, workers=args.workers)
+        if args.json:
+            _json(f)
+        else:
+            _out(est.format_fleet(f))
+        return EXIT_DIFF if f.failures else EXIT_OK
+    e = est.estimate_snapshot(load_snapshot(args.snapshot[0])) if args.snapshot else est.estimate_live()
+    if args.json:
+        _json(e)
+    else:
+        _out(est.format_estimate(e, top=args.top))
+    return EXIT_OK
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    from thpsim.analysis.snapshot import take_snapshot
+
+    info = take_snapshot(args.output, tar=args.tar, per_vma=args.per_vma)
+    if args.json:
+        _json(info)
+    else:
+        _out(f"wrote {info.path}: {info.processes} processes"
+             + (f", {len(info.vanished)} vanished during capture" if info.vanished else "")
+             + (f", {len(info.unreadable)} unreadable" if info.unreadable else ""))
+    return EXIT_OK
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from thpsim.trace import format as tf
+    from thpsim.trace.generators import KINDS, generate
+
+    if args.kind == "list":
+        if args.json:
+            _json(KINDS)
+        else:
+            _out("\n".join(f"{k:<18} {v}" for k, v in KINDS.items()))
+        return EXIT_OK
+    size = tf.parse_size(args.size) if args.size else None
+    trace = generate(args.kind, seed=args.seed, size=size)
+    text = tf.dumps(trace)
+    _write(args.output, text)
+    if args.json:
+        _json({"kind": args.kind, "seed": args.seed, "ops": len(trace.ops), "output": args.output})
+    elif args.output != "-":
+        _out(f"wrote {args.output}: {len(trace.ops)} ops")
+    return EXIT_OK
+
+
+def _write(path: str, text: str) -> None:
+    if path == "-":
+        sys.stdout.write(text)
+        return
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        raise ThpsimError(f"cannot write {path}: {e.strerror}") from None
+
+
+def cmd_import_strace(args: argparse.Namespace) -> int:
+    from thpsim.trace.strace import import_strace_file
+
+    kw: dict[str, Any] = {"touch": args.touch, "strict": args.strict}
+    if args.faults:
+        from thpsim.trace.strace import parse_perf_faults
+
+        try:
+            with open(args.faults, encoding="utf-8", errors="replace") as f:
+                kw["faults"] = parse_perf_faults(f.read())
+        except OSError as e:
+            raise ThpsimError(f"cannot read {args.faults}: {e.strerror}") from None
+    res = import_strace_file(args.file, **kw)
+    _write(args.output, res.text)
+    if args.json:
+        _json({"output": args.output, "stats": res.stats, "warnings": [str(w) for w in res.warnings]})
+    else:
+        _out(res.summary())
+        for w in res.warnings[: args.max_warnings]:
+            sys.stderr.write(f"{w}\n")
+    return EXIT_OK
+
+
+def cmd_record(args: argparse.Namespace) -> int:
+    from thpsim.trace.record import record
+
+    cmd = args.cmd[1:] if args.cmd and args.cmd[0] == "--" else args.cmd
+    if not cmd:
+        raise ThpsimError("give the program to record after --, e.g. thpsim record -o t.jsonl -- python3 -c 'pass'")
+    r = record(cmd, args.output, touch=args.touch, sample_vmpte=not args.no_vmpte)
+    if args.json:
+        _json({"trace": r.trace_path, "returncode": r.returncode, "vmpte": r.vmpte_path,
+               "samples": len(r.samples or [])})
+    else:
+        _out(f"wrote {r.trace_path}" + (f" and {r.vmpte_path}" if r.vmpte_path else "")
+             + f"; the program exited with {r.returncode}")
+        _out(r.result.summary())
+    return r.returncode if isinstance(r.returncode, int) and r.returncode > 0 else EXIT_OK
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    trace = _load(args.trace)
+    if args.json:
+        _json({"trace": args.trace, "name": trace.header.name, "ops": len(trace.ops), "procs": trace.procs()})
+    else:
+        _out(f"{args.trace}: valid trace v1, {len(trace.ops)} ops, processes {', '.join(trace.procs())}")
+    return EXIT_OK
+
+
+# ---- parser -------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="thpsim", description="Executable model of Linux anonymous-THP page-table "
+                                 "management: upstream deposit vs lazy PTE allocation at PMD split.")
+    ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(fn=fn)
+        return p
+
+    p = add("run", cmd_run, "replay a trace on the model and print the per-step observations")
+    p.add_argument("trace")
+    _add_model_opts(p)
+    p.add_argument("--check", action="store_true", help="verify the model invariants after every step")
+    p.add_argument("--no-shadow", action="store_true", help="skip the shadow-memory data-contract check")
+
+    p = add("demo", cmd_demo, "run the bundled realistic workload and show what the deposit costs")
+    p.add_argument("-o", "--output", help="directory for demo.png (default: current directory)")
+    p.add_argument("--no-live", action="store_true", help="do not validate against the live kernel")
+
+    p = add("live", cmd_live, "run a trace on the running kernel and print the same observations")
+    p.add_argument("trace")
+    p.add_argument("--allow-sysfs", action="store_true", help="allow temporary, restored sysfs changes")
+
+    p = add("diff", cmd_diff, "run traces on the model and the live kernel; exit 0 only when identical")
+    p.add_argument("traces", nargs="+")
+    p.add_argument("--runs", type=int, default=1, help="live runs per trace (default 1)")
+    p.add_argument("--ignore-globals", action="store_true", help="compare per-process values only (busy hosts)")
+    p.add_argument("--max-show", type=int, default=20)
+    p.add_argument("-v", "--verbose", action="store_true", help="also list noisy global differences")
+
+    add("probe", cmd_probe, "does the running kernel deposit a PTE table per THP? what would the series save?")
+
+    p = add("compare", cmd_compare, "replay a trace under several designs and compare page-table memory")
+    p.add_argument("trace")
+    p.add_argument("--designs", help="comma-separated (default upstream,lazy)")
+    _add_model_opts(p)
+
+    p = add("selftest", cmd_selftest, "the series' five kselftests (TAP 13) on the model or the live kernel")
+    p.add_argument("--design", default="lazy")
+    p.add_argument("--arch", default="x86_64")
+    p.add_argument("--inject", action="store_true", help="fail the split's table allocation")
+    p.add_argument("--live", action="store_true", help="run them on the running kernel")
+
+    p = add("campaign", cmd_campaign, "fail every allocation point of a trace in turn and report outcomes")
+    p.add_argument("trace")
+    p.add_argument("--design", default="lazy")
+    p.add_argument("--arch", default="x86_64")
+    p.add_argument("--sites", help="comma-separated site prefixes to fail (default: all)")
+
+    add("review", cmd_review, "the v3 review's open problems, measured for lazy and the variants")
+
+    p = add("report", cmd_report, "replay traces under all designs and write a self-contained HTML report")
+    p.add_argument("traces", nargs="+")
+    p.add_argument("-o", "--output", default="report.html")
+    p.add_argument("--images", metavar="DIR", help="also write the plots as files into DIR")
+    p.add_argument("--image-format", default="png", choices=("png", "svg"))
+    p.add_argument("--designs", help="comma-separated designs (default: all)")
+    p.add_argument("--pressure", type=float, help="also replay lazy designs with this allocation-failure "
+                   "probability")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="x86_64")
+
+    p = add("estimate", cmd_estimate, "what would the series save on this host (or on captured snapshots)?")
+    p.add_argument("--snapshot", nargs="+", metavar="DIR", help="snapshot directories or tarballs (a fleet)")
+    p.add_argument("--scheduler", help="Dask scheduler address for fleet runs")
+    p.add_argument("--workers", type=int)
+    p.add_argument("--top", type=int, default=20)
+
+    p = add("snapshot", cmd_snapshot, "capture what the estimator needs from this host")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--tar", action="store_true")
+    p.add_argument("--per-vma", action="store_true")
+
+    p = add("generate", cmd_generate, "generate a realistic workload trace (KIND 'list' lists them)")
+    p.add_argument("kind")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--size", help="main heap size, e.g. 256M")
+    p.add_argument("-o", "--output", default="-")
+
+    p = add("import-strace", cmd_import_strace, "convert an strace log into a trace")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", default="-")
+    p.add_argument("--touch", default="write-all", choices=("write-all", "none", "perf"))
+    p.add_argument("--faults", help="perf script output with page-fault samples (for --touch perf)")
+    p.add_argument("--strict", action="store_true")
+    p.add_argument("--max-warnings", type=int, default=20)
+
+    p = add("record", cmd_record, "run a program under strace (and perf) and write its trace")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--touch", default="perf", choices=("write-all", "none", "perf"))
+    p.add_argument("--no-vmpte", action="store_true")
+    p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = add("validate", cmd_validate, "check that a trace parses")
+    p.add_argument("trace")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    try:
+        return args.fn(args)
+    except ThpsimError as e:
+        sys.stderr.write(f"thpsim: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        sys.stderr.write("thpsim: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""The command line: every command's --json is valid JSON, bad input is one line on stderr with exit 2, and
+the demo works from the installed package data."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from thpsim.cli import main
+from thpsim.live.env import skip_reason
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+SCEN = os.path.join(ROOT, "scenarios")
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_run_json(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "run", os.path.join(SCEN, "fault-thp-2m.jsonl"), "--json", "--check")
+    assert rc == 0
+    d = json.loads(out)
+    assert d["design"] == "upstream" and d["steps"]
+    last = d["steps"][-1]
+    assert "procs" in last and "vmstat" in last
+
+
+def test_run_text_shows_deposit(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]) -> None:
+    t = os.path.join(str(tmp_path), "t.jsonl")
+    with open(t, "w") as f:
+        f.write('{"op": "mmap", "id": "a", "len": "2M"}\n{"op": "madvise", "id": "a", "advice": "hugepage"}\n'
+                '{"op": "write", "id": "a", "len": "4K"}\n')
+    rc, out, _ = run_cli(capsys, "run", t)
+    assert rc == 0
+    assert "main: pte 12 rss 2048 ahp 2048" in out      # PUD + PMD + deposited PTE table
+    rc, out, _ = run_cli(capsys, "run", t, "--design", "lazy")
+    assert "main: pte 8 rss 2048 ahp 2048" in out        # no deposit
+
+
+@pytest.mark.parametrize("content,needle", [
+    ('{"op": "mmap", "len": "4Q"}\n', "trace.jsonl:1: field 'len'"),
+    ('{"op": "mmap", "len": "2M"\n', "trace.jsonl:1: not valid JSON"),
+    ('{"op": "mmap", "len": "2M"}\n{"op": "munmap", "id": "nope"}\n', "trace.jsonl:2: field 'id': unknown region"),
+    ('{"op": "frobnicate"}\n', "field 'op': unknown op 'frobnicate'"),
+    ('{"op": "write", "proc": "child", "at": 0, "len": "4K"}\n', "process 'child' does not exist"),
+])
+def test_bad_trace_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str], content: str,
+                               needle: str) -> None:
+    t = os.path.join(str(tmp_path), "trace.jsonl")
+    with open(t, "w") as f:
+        f.write(content)
+    rc, out, err = run_cli(capsys, "run", t)
+    assert rc == 2
+    assert needle in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_missing_file_and_bad_option(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = run_cli(capsys, "run", "/nonexistent/trace.jsonl")
+    assert rc == 2 and "cannot read the trace" in err
+    rc, _, err = run_cli(capsys, "run", os.path.join(SCEN, "fault-thp-2m.jsonl"), "--design", "nope")
+    assert rc == 2 and "unknown design 'nope'" in err
+    rc, _, err = run_cli(capsys, "run", os.path.join(SCEN, "fault-thp-2m.jsonl"), "--knob", "bogus=1")
+    assert rc == 2 and "unknown kernel knob 'bogus'" in err
+
+
+def test_generate_is_deterministic(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]) -> None:
+    a, b = (os.path.join(str(tmp_path), n) for n in ("a.jsonl", "b.jsonl"))
+    assert run_cli(capsys, "generate", "buffer-pool", "--seed", "3", "--size", "16M", "-o", a)[0] == 0
+    assert run_cli(capsys, "generate", "buffer-pool", "--seed", "3", "--size", "16M", "-o", b)[0] == 0
+    with open(a) as fa, open(b) as fb:
+        assert fa.read() == fb.read()
+    rc, out, _ = run_cli(capsys, "validate", a, "--json")
+    assert rc == 0 and json.loads(out)["ops"] > 10
+
+
+def test_same_trace_same_output(capsys: pytest.CaptureFixture[str]) -> None:
+    t = os.path.join(ROOT, "src", "thpsim", "data", "demo-redis-bgsave.jsonl")
+    outs = [run_cli(capsys, "run", t, "--json", "--design", "lazy", "--fail-prob", "0.2", "--seed", "5")[1]
+            for _ in range(2)]
+    assert outs[0] == outs[1]
+
+
+def test_demo_without_live(capsys: pytest.CaptureFixture[str], tmp_path: os.PathLike[str]) -> None:
+    rc, out, _ = run_cli(capsys, "demo", "--no-live", "-o", str(tmp_path), "--json")
+    assert rc == 0
+    d = json.loads(out)
+    assert len(d["workloads"]) == 2
+    for w in d["workloads"]:
+        assert w["upstream_peak_kb"] > w["lazy_peak_kb"] > 0
+    with open(d["png"], "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.live
+@pytest.mark.skipif(skip_reason() is not None, reason=f"live kernel THP not usable: {skip_reason()}")
+def test_diff_command_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "diff", os.path.join(SCEN, "fault-thp-2m.jsonl"), "--json")
+    assert rc == 0, out
+    assert json.loads(out)["results"][0]["identical"] is True
+
+
+@pytest.mark.live
+@pytest.mark.skipif(skip_reason() is not None, reason=f"live kernel THP not usable: {skip_reason()}")
+def test_selftest_live_tap(capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, _ = run_cli(capsys, "selftest", "--live")
+    assert out.startswith("TAP version 13") and "1..5" in out
+    assert "# Totals: pass:5 fail:0" in out, out
+    assert rc == 0
+
+
+def test_console_script_installed() -> None:
+    r = subprocess.run([sys.executable, "-m", "thpsim.cli", "--version"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("thpsim ")
