@@ -432,6 +432,22 @@ def cmd_record(args: argparse.Namespace) -> int:
     return r.returncode if isinstance(r.returncode, int) and r.returncode > 0 else EXIT_OK
 
 
+def cmd_vmpte_check(args: argparse.Namespace) -> int:
+    from thpsim.analysis.realcheck import format_agreement, vmpte_agreement
+
+    out = []
+    for path in args.traces:
+        a = vmpte_agreement(path, args.samples if len(args.traces) == 1 else None)
+        out.append(a)
+        if not args.json:
+            _out(format_agreement(a, args.tolerance))
+    if args.json:
+        _json([{"trace": a.trace, "points": len(a.points), "max_abs_error_kb": a.max_abs_error_kb,
+                "mean_abs_error_kb": a.mean_abs_error_kb, "live_range_kb": a.live_range_kb,
+                "within_tolerance": a.within(args.tolerance)} for a in out])
+    return EXIT_OK if all(a.max_abs_error_kb <= args.tolerance for a in out) else EXIT_DIFF
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
     trace = _load(args.trace)
     if args.json:
@@ -537,6 +553,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--touch", default="perf", choices=("write-all", "none", "perf"))
     p.add_argument("--no-vmpte", action="store_true")
     p.add_argument("cmd", nargs=argparse.REMAINDER)
+
+    p = add("vmpte-check", cmd_vmpte_check, "compare a recorded program's sampled VmPTE with the model's")
+    p.add_argument("traces", nargs="+", help="traces recorded with thpsim record (next to TRACE.vmpte.json)")
+    p.add_argument("--samples", help="the sample file, if not TRACE.vmpte.json")
+    p.add_argument("--tolerance", type=int, default=4, help="kB (default 4: one table)")
 
     p = add("validate", cmd_validate, "check that a trace parses")
     p.add_argument("trace")

@@ -47,13 +47,19 @@ class Arch:
 ARCHES: dict[str, Arch] = {
     a.name: a
     for a in (
+        # name, page, PTRS_PER_PTE, PTE/PMD/PUD table bytes counted, PTRS_PER_PMD, PTRS_PER_PUD
         Arch("x86_64", 4096, 512, 4096, 4096, 4096, 512, 512, validated_live=True),
         Arch("arm64-4k", 4096, 512, 4096, 4096, 4096, 512, 512),
         Arch("arm64-16k", 16384, 2048, 16384, 16384, 16384, 2048, 2048, pagetable_page_bytes=16384),
+        # 64K granule, 48-bit VA: three levels, the PUD is folded (mm_inc_nr_puds adds nothing)
         Arch("arm64-64k", 65536, 8192, 65536, 65536, 0, 8192, 64, pagetable_page_bytes=65536),
-        Arch("ppc64-hash", 65536, 256, 2048, 4096 * 2, 4096, 256 * 1, 512, needs_pgtable_deposit=True,
+        # book3s64 hash, 64K pages: H_PTE_INDEX_SIZE 8 (2 KiB PTE fragments), 16 MiB PMD THPs,
+        # H_PMD_INDEX_SIZE/H_PUD_INDEX_SIZE 10; the deposit is required (arch_needs_pgtable_deposit)
+        Arch("ppc64-hash", 65536, 256, 2048, 8192, 8192, 1024, 1024, needs_pgtable_deposit=True,
              pagetable_page_bytes=65536),
-        Arch("ppc64-radix", 65536, 32, 256, 256 * 8 // 8 * 8, 4096, 8192 // 8, 512, pagetable_page_bytes=65536),
+        # book3s64 radix, 64K pages: R_PTE_INDEX_SIZE 5 (256-byte fragments), R_PMD/PUD_INDEX_SIZE 9, 2 MiB THPs
+        Arch("ppc64-radix", 65536, 32, 256, 4096, 4096, 512, 512, pagetable_page_bytes=65536),
+        # s390x: 2 KiB PTE tables (256 entries, a full 4K page since v6.7), 1 MiB segments, 16 KiB CRST tables
         Arch("s390x", 4096, 256, 2048, 16384, 16384, 2048, 2048, pagetable_page_bytes=4096),
         Arch("riscv64", 4096, 512, 4096, 4096, 4096, 512, 512),
     )
