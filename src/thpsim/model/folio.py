@@ -59,7 +59,9 @@ class Folio:
         self.id = fid
         self.order = order
         self.nr = nr
-        self.pte_mapcount: list[int] | None = [0] * nr if nr > 1 else None  # large folios only
+        # per-subpage PTE mapcounts of a large folio; None until it is first mapped by PTEs (a PMD-mapped THP
+        # never needs the 512-entry list, which keeps 1 TiB of simulated THPs small)
+        self.pte_mapcount: list[int] | None = None
         self.entire_mapcount = 0       # PMD mappings (large) or mapcount (order 0)
         self.nr_pages_mapped = 0       # subpages with pte_mapcount > 0 (large folios)
         self.pins = 0
@@ -79,15 +81,17 @@ class Folio:
 
     # ---- mapcounts -------------------------------------------------------------------------------------------
     def total_mapcount(self) -> int:
-        if not self.large:
+        pm = self.pte_mapcount
+        if pm is None:
             return self.entire_mapcount
-        return self.entire_mapcount + sum(self.pte_mapcount)  # type: ignore[arg-type]
+        return self.entire_mapcount + sum(pm)
 
     def page_mapcount(self, i: int) -> int:
         """folio_precise_page_mapcount: PTE mappings of subpage i plus the entire mapcount."""
-        if not self.large:
+        pm = self.pte_mapcount
+        if pm is None:
             return self.entire_mapcount
-        return self.pte_mapcount[i] + self.entire_mapcount  # type: ignore[index]
+        return pm[i] + self.entire_mapcount
 
     def refcount(self) -> int:
         return self.total_mapcount() + self.pins

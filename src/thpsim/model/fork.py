@@ -42,8 +42,7 @@ def dup_mmap(k: Kernel, src: MM, dst: MM) -> int:
             continue
         if v.anon_vma is not None:
             nv.anon_vma = k.new_anon_vma()
-            nv.anon_vma_singular = False
-            v.anon_vma_singular = False
+            nv.anon_vma_singular = False   # anon_vma_fork: the child's chain holds the parent's and its own
         dst.vmas.insert(nv)
         if v.anon_vma is not None:
             rc = copy_page_range(k, dst, src, v)

@@ -128,6 +128,18 @@ def do_huge_pmd_wp_page(k: Kernel, mm: MM, vma: Vma, addr: int, hp: HugePmd) -> 
     return VM_FAULT_FALLBACK
 
 
+def wp_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, hp: HugePmd) -> int:
+    """wp_huge_pmd() for an anonymous VMA: a uffd-wp-protected PMD in async mode goes to the ``split:`` label
+    (series 06/21: a failed split is VM_FAULT_OOM; on success VM_FAULT_FALLBACK and the PTE fault resolves the
+    write protection), everything else to do_huge_pmd_wp_page."""
+    if hp.uffd_wp:
+        haddr = addr & ~(k.pmd_size - 1)
+        if __split_huge_pmd(k, mm, vma, haddr, caller="wp_huge_pmd") != 0:
+            return VM_FAULT_OOM
+        return VM_FAULT_FALLBACK
+    return do_huge_pmd_wp_page(k, mm, vma, addr, hp)
+
+
 # ---- PMD split ------------------------------------------------------------------------------------------------
 def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str, freeze: bool = False,
                      alloc_even_if_not_huge: bool = False) -> int:

@@ -37,11 +37,12 @@ def check(k: Kernel) -> list[str]:
             if f.entire_mapcount != want_entire:
                 errs.append(f"folio {fid}: entire mapcount {f.entire_mapcount}, page tables map it by PMD "
                             f"{want_entire} times")
+            pm = f.pte_mapcount or [0] * f.nr
             for i in range(f.nr):
-                if f.pte_mapcount[i] != pages.get(i, 0):  # type: ignore[index]
-                    errs.append(f"folio {fid}: page {i} mapcount {f.pte_mapcount[i]} vs {pages.get(i, 0)} PTEs")
+                if pm[i] != pages.get(i, 0):
+                    errs.append(f"folio {fid}: page {i} mapcount {pm[i]} vs {pages.get(i, 0)} PTEs")
                     break
-            mapped = sum(1 for i in range(f.nr) if f.pte_mapcount[i])  # type: ignore[index]
+            mapped = sum(1 for i in range(f.nr) if pm[i])
             if mapped != f.nr_pages_mapped:
                 errs.append(f"folio {fid}: nr_pages_mapped {f.nr_pages_mapped} vs {mapped}")
         elif f.entire_mapcount != pages.get(0, 0):

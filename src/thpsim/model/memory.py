@@ -37,7 +37,7 @@ def handle_mm_fault(k: Kernel, mm: MM, addr: int, write: bool) -> int:
             return rc
     elif isinstance(slot, HugePmd):
         if write and not slot.write:
-            rc = huge_memory.do_huge_pmd_wp_page(k, mm, vma, addr, slot)
+            rc = huge_memory.wp_huge_pmd(k, mm, vma, addr, slot)
             if rc != VM_FAULT_FALLBACK:
                 return rc
         else:
@@ -148,6 +148,31 @@ def _page_writes(start: int, end: int, stride: int, fill: bool, page: int) -> li
                 out.append((p, dict.fromkeys(range(lo - p, hi - p), 1), False))
             p += page
         return out
+    if stride > 0 and (page % stride == 0 or stride % page == 0):
+        # regular strides: every page that is touched in full has the same offsets, so one (read-only) dict
+        # object is shared by all of them (cheap to build, and access() compares patterns by identity)
+        shared = dict.fromkeys(range(start % stride, page, stride) if page % stride == 0 else (start % page,), 1)
+        if page % stride == 0:
+            r0 = start % stride
+            first = start - start % page
+            last = (end - 1) - (end - 1) % page          # the page holding the last byte of the range
+
+            def edge(pg: int) -> tuple[int, dict[int, int] | None, bool] | None:
+                lo, hi = max(start, pg + r0) - pg, min(pg + page, end) - pg
+                offs = range(lo, hi, stride)
+                if not offs:
+                    return None
+                return (pg, shared if lo == r0 and hi == page else dict.fromkeys(offs, 1), False)
+
+            out.append(edge(first))  # type: ignore[arg-type]   # start itself is touched
+            if last > first:
+                out.extend([(pg, shared, False) for pg in range(first + page, last, page)])
+                it = edge(last)
+                if it is not None:
+                    out.append(it)
+        else:
+            out.extend([(a - a % page, shared, False) for a in range(start, end, stride)])
+        return out
     cur: dict[int, int] | None = None
     cur_page = -1
     a = start
@@ -192,10 +217,26 @@ def access(k: Kernel, mm: MM, start: int, end: int, *, write: bool, stride: int,
     pages = _page_writes(start, end, stride, fill, page)
     # An access that would fault with SIGSEGV anywhere is not performed at all (the live runner checks
     # /proc/PID/maps and guard markers first and touches nothing; the trace language defines it so).
-    for pg, _o, _f in pages:
-        if access_error(k, mm, pg, write):
-            return "SIGSEGV", b"", done
-    for pg, offsets, full in pages:
+    if _range_access_error(k, mm, pages, write):
+        return "SIGSEGV", b"", done
+    nr = k.nr
+    pmd_mask = k.pmd_size - 1
+    last_pmd_page = k.pmd_size - page
+    npages = len(pages)
+    j = 0
+    while j < npages:
+        pg, offsets, full = pages[j]
+        j += 1
+        if not pg & pmd_mask and j - 1 + nr <= npages and pages[j - 2 + nr][0] == pg + last_pmd_page:
+            if write and _whole_pmd_write(k, mm, pages, j - 1, byte):
+                # the same write pattern on all pages of a writable huge PMD: one folio-level update
+                done.extend(pages[j - 1:j - 1 + nr])
+                j += nr - 1
+                continue
+            if not write and _whole_pmd_read(k, mm, pages, j - 1, data):
+                done.extend(pages[j - 1:j - 1 + nr])
+                j += nr - 1
+                continue
         tr = _translate(k, mm, pg, write)
         retries = 0
         while tr is None:
@@ -226,6 +267,103 @@ def access(k: Kernel, mm: MM, start: int, end: int, *, write: bool, stride: int,
                     data.append(content_byte(c, o))
         done.append((pg, offsets, full))
     return 0, bytes(data), done
+
+
+def _whole_pmd_write(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]], i: int,
+                     byte: int) -> bool:
+    """Fast path of access(): pages[i:i+nr] cover one PMD with an identical pattern and the PMD is (or faults in
+    as) a writable huge anonymous PMD. Writes the folio in one step; False (nothing done) otherwise."""
+    pg, offsets, full = pages[i]
+    slot = mm.pt.slot(pg)
+    if slot is None or (isinstance(slot, HugePmd) and not slot.write):
+        if handle_mm_fault(k, mm, pg, True) != VM_FAULT_OK:
+            return False   # the per-page loop redoes the fault and handles the error
+        slot = mm.pt.slot(pg)
+    if not isinstance(slot, HugePmd) or not slot.write or slot.folio is None:
+        return False
+    if not _same_pattern(pages, i, k.nr):
+        return False
+    slot.folio.write_all(None if full else dict.fromkeys(offsets or {}, byte), byte if full else None)
+    slot.dirty = True
+    return True
+
+
+def _same_pattern(pages: list[tuple[int, dict[int, int] | None, bool]], i: int, nr: int) -> bool:
+    _pg, offsets, full = pages[i]
+    for q in range(i + 1, i + nr):
+        p = pages[q]
+        if p[2] is not full or (p[1] is not offsets and p[1] != offsets):
+            return False
+    return True
+
+
+def _whole_pmd_read(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]], i: int,
+                    data: bytearray) -> bool:
+    """Fast path of access() for reads: pages[i:i+nr] cover one present huge PMD (THP whose subpages all hold
+    the folio's default content, or the huge zero page) with an identical pattern. False (nothing done) otherwise."""
+    slot = mm.pt.slot(pages[i][0])
+    if not isinstance(slot, HugePmd):
+        return False
+    f = slot.folio
+    if f is not None and f.pages:
+        return False
+    if not _same_pattern(pages, i, k.nr):
+        return False
+    c = f.default if f is not None else ZERO
+    _pg, offsets, full = pages[i]
+    if full:
+        one = bytearray(bytes([c[0]]) * k.page)
+        for o, b in c[1]:
+            one[o] = b
+    else:
+        one = bytearray(content_byte(c, o) for o in offsets)  # type: ignore[union-attr]
+    data.extend(bytes(one) * k.nr)
+    return True
+
+
+def _range_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]],
+                        write: bool) -> bool:
+    """access_error() for every touched page, with the VMA looked up once per VMA instead of once per page."""
+    pt = mm.pt
+    shift = pt.pmd_shift
+    page = k.page
+    if pages and pages[-1][0] - pages[0][0] == (len(pages) - 1) * page:
+        # every page of [lo, hi) is touched: check VMA coverage per VMA and guard markers per PTE table
+        lo, hi = pages[0][0], pages[-1][0] + page
+        pos = lo
+        for v in mm.vmas.overlapping(lo, hi):
+            if v.start > pos or not v.readable or (write and not v.writable):
+                return True
+            pos = v.end
+        if pos < hi:
+            return True
+        for idx in range(lo >> shift, ((hi - 1) >> shift) + 1):
+            s = pt.slots.get(idx)
+            if isinstance(s, PteTable) and s.ptes:
+                base = idx << shift
+                a, b = (max(lo, base) - base) >> pt.page_shift, (min(hi, base + k.pmd_size) - base) >> pt.page_shift
+                if any(p.kind == PTE_GUARD and a <= i < b for i, p in s.ptes.items()):
+                    return True
+        return False
+    vstart = vend = -1
+    cur_idx = -1
+    guards: PteTable | None = None     # the current slot, if it is a PTE table holding guard markers
+    for pg, _o, _f in pages:
+        if not vstart <= pg < vend:
+            vma = mm.vmas.find(pg)
+            if vma is None or not vma.readable or (write and not vma.writable):
+                return True
+            vstart, vend = vma.start, vma.end
+        idx = pg >> shift
+        if idx != cur_idx:
+            cur_idx = idx
+            s = pt.slots.get(idx)
+            guards = s if isinstance(s, PteTable) and any(p.kind == PTE_GUARD for p in s.ptes.values()) else None
+        if guards is not None:
+            pte = guards.ptes.get(pt.pte_index(pg))
+            if pte is not None and pte.kind == PTE_GUARD:
+                return True
+    return False
 
 
 def access_error(k: Kernel, mm: MM, addr: int, write: bool) -> bool:

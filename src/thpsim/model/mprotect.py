@@ -60,8 +60,11 @@ def mprotect_fixup(k: Kernel, mm: MM, vma: Vma, start: int, end: int, new_flags:
     return change_protection(k, mm, target, start, end)
 
 
-def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, caller: str = "change_pmd_range") -> int:
-    """change_pmd_range over [start, end) with the VMA's (new) protection. 0 or -ENOMEM (up-front variant)."""
+def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, caller: str = "change_pmd_range",
+                      uffd_wp: bool = False) -> int:
+    """change_pmd_range over [start, end) with the VMA's (new) protection, or (``uffd_wp``) write-protecting
+    every entry (MM_CP_UFFD_WP: a whole huge PMD keeps its mapping and gets the uffd-wp bit). 0 or -ENOMEM
+    (up-front variant)."""
     p = k.pmd_size
     pt = mm.pt
     if k.design.change_prot_split_failure == "upfront":
@@ -78,7 +81,10 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
         s = pt.slot(addr)
         if isinstance(s, HugePmd):
             if nxt - addr == p:
-                huge_memory.change_huge_pmd(k, mm, addr, s, writable)
+                if uffd_wp:
+                    s.write, s.uffd_wp = False, True
+                else:
+                    huge_memory.change_huge_pmd(k, mm, addr, s, writable)
                 addr = nxt
                 continue
             tries = 0
@@ -96,7 +102,8 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                 if pte is None or pte.kind != PTE_PAGE:
                     continue
                 f = pte.folio
-                pte.write = writable and f is not None and (f.anon_exclusive if not f.large else _exclusive(k, mm, f))
+                pte.write = not uffd_wp and writable and f is not None and (
+                    f.anon_exclusive if not f.large else _exclusive(k, mm, f))
         addr = nxt
     return 0
 
@@ -108,9 +115,11 @@ def _exclusive(k: Kernel, mm: MM, f) -> bool:  # type: ignore[no-untyped-def]
 
 
 def uffd_writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """UFFDIO_WRITEPROTECT-like protection change on part of a VMA: change_pmd_range without a VMA split."""
+    """UFFDIO_WRITEPROTECT (async mode) on part of a VMA: change_pmd_range without a VMA split; the entries are
+    write-protected, and a later write fault resolves the protection (a uffd-wp huge PMD is split first)."""
     for v in mm.vmas.overlapping(start, end):
-        rc = change_protection(k, mm, v, max(v.start, start), min(v.end, end), caller="change_pmd_range")
+        rc = change_protection(k, mm, v, max(v.start, start), min(v.end, end), caller="change_pmd_range",
+                               uffd_wp=True)
         if rc:
             return rc
     return 0

@@ -48,7 +48,7 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: t
         vma = mm.vmas.find(addr)
         if vma is None:
             return EFAULT
-        if fixed:
+        if fixed or dontunmap:   # a DONTUNMAP move goes to the trace's slot like MREMAP_FIXED (live does so)
             rc = do_munmap(k, mm, dest, new_len)
             if rc:
                 return rc
@@ -79,6 +79,16 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: t
         return addr
     if not maymove or dest is None:
         return ENOMEM
+    # the trace's reserved slot is used like MREMAP_MAYMOVE|MREMAP_FIXED (what the live runner does): anything
+    # mapped there is unmapped first
+    if dest < addr + old_len and addr < dest + new_len:
+        return EINVAL
+    rc = do_munmap(k, mm, dest, new_len)
+    if rc:
+        return rc
+    vma = mm.vmas.find(addr)
+    if vma is None:
+        return EFAULT
     return move_vma(k, mm, vma, addr, old_len, dest, new_len, dontunmap=False)
 
 
@@ -94,14 +104,14 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
     nv = Vma(new, new + new_len, vma.flags, vma.pgoff + ((old - vma.start) >> 12), vma.anon_vma,
              vma.anon_vma_singular)
     mm.vmas.insert(nv)
+    if nv.flags & VM_LOCKED:
+        mm.locked_vm += new_len // k.page   # the new VMA is accounted from its creation (and unaccounted by unmap)
     moved = move_page_tables(k, mm, nv, old, new, old_len)
     if moved < old_len:
         # move the entries back and unmap the new VMA (copy_vma_and_data's error path)
         move_page_tables(k, mm, vma, new, old, moved, reverting=True)
         unmap_region(k, mm, new, new + new_len)
         return ENOMEM
-    if vma.flags & VM_LOCKED:
-        mm.locked_vm += new_len // k.page
     mm.vmas.try_merge_around(nv.start, nv.end)
     if dontunmap:
         # the old VMA stays mapped, empty; VM_LOCKED is cleared on it
@@ -112,9 +122,12 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
                     mm.locked_vm -= (v.end - v.start) // k.page
                     v.flags &= ~VM_LOCKED
         return new
-    rc = do_munmap(k, mm, old, old_len)
-    if rc:
-        return rc
+    if do_munmap(k, mm, old, old_len):
+        # unmap_source_vma(): "OOM: unable to split vma, just get accounts right" — mremap still returns the
+        # new address and the (now empty) source range stays mapped. Only the lazy design gets here: the source
+        # VMA split calls split_huge_pmd_address on the PTE table left behind, which allocates (series row 5).
+        k.log.notes.append(f"mremap: munmap of the source [{old:#x}, +{old_len:#x}) failed; the source stays "
+                           "mapped (empty)")
     if new_len > old_len and nv.flags & VM_LOCKED:
         mlock.populate_range(k, mm, new + old_len, new + new_len)
     return new

@@ -56,7 +56,7 @@ class FailPolicy:
                 or self.budget_pages is not None)
 
 
-@dataclass
+@dataclass(slots=True)
 class AllocRecord:
     n: int            # global allocation number (1-based)
     site: str
@@ -80,6 +80,7 @@ class PageAllocator:
     def __post_init__(self) -> None:
         self.rng = random.Random(self.policy.seed)
         self.per_site: dict[str, int] = {}
+        self._inactive = not self.policy.active   # fast path: no injection, no budget
 
     def _matches(self, site: str, pattern: str | None) -> bool:
         return pattern is None or site.startswith(pattern)
@@ -104,6 +105,16 @@ class PageAllocator:
     def alloc(self, site: str, pages: int = 1, *, memalloc: bool = False) -> bool:
         """Try to allocate ``pages`` pages at ``site``. Returns False on (injected or budget) failure."""
         self.per_site[site] = self.per_site.get(site, 0) + 1
+        if self._inactive:
+            fs = self.policy.fail_site
+            if fs is None or site.startswith(fs):
+                self.counted += 1     # allocation points are still counted (campaigns enumerate them)
+            self.pages_in_use += pages
+            if self.pages_in_use > self.peak_pages:
+                self.peak_pages = self.pages_in_use
+            if self.keep_log:
+                self.log.append(AllocRecord(len(self.log) + 1, site, pages, True, memalloc))
+            return True
         ok = not self._should_fail(site)
         if not ok:
             self.injected += 1

@@ -47,12 +47,13 @@ class PteTable:
 class HugePmd:
     """A huge PMD: an anonymous THP (folio) or the huge zero page (folio None)."""
 
-    __slots__ = ("folio", "write", "dirty")
+    __slots__ = ("folio", "write", "dirty", "uffd_wp")
 
     def __init__(self, folio: Folio | None, write: bool, dirty: bool) -> None:
         self.folio = folio
         self.write = write
         self.dirty = dirty
+        self.uffd_wp = False   # write-protected by UFFDIO_WRITEPROTECT (async mode: a write fault splits)
 
     @property
     def is_zero(self) -> bool:

@@ -30,8 +30,7 @@ def folio_add_new_anon_rmap(k: Kernel, mm: MM, f: Folio, *, pmd: bool) -> None:
         f.entire_mapcount = 1
         k.vmstat.nr_anon_thps += 1
     elif f.large:
-        for i in range(f.nr):
-            f.pte_mapcount[i] = 1  # type: ignore[index]
+        f.pte_mapcount = [1] * f.nr
         f.nr_pages_mapped = f.nr
     else:
         f.entire_mapcount = 1
@@ -52,10 +51,17 @@ def folio_add_anon_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int
     before = _mapped_pages(f)
     if f.large:
         pm = f.pte_mapcount
-        for i in idxs:
-            pm[i] += 1  # type: ignore[index]
-            if pm[i] == 1:  # type: ignore[index]
-                f.nr_pages_mapped += 1
+        if pm is None:
+            pm = f.pte_mapcount = [0] * f.nr
+        if isinstance(idxs, range) and len(idxs) == f.nr and not f.nr_pages_mapped:
+            # a whole PMD split of a folio mapped only by PMDs: one list, no per-page loop
+            f.pte_mapcount = [1] * f.nr
+            f.nr_pages_mapped = f.nr
+        else:
+            for i in idxs:
+                pm[i] += 1
+                if pm[i] == 1:
+                    f.nr_pages_mapped += 1
     else:
         f.entire_mapcount += len(idxs)
     k.vmstat.nr_anon_pages += _mapped_pages(f) - before
@@ -103,10 +109,11 @@ def folio_remove_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int],
     before = _mapped_pages(f)
     if f.large:
         pm = f.pte_mapcount
+        assert pm is not None, "removing PTE mappings of a folio never mapped by PTEs"
         last = 0
         for i in idxs:
-            pm[i] -= 1  # type: ignore[index]
-            if pm[i] == 0:  # type: ignore[index]
+            pm[i] -= 1
+            if pm[i] == 0:
                 last += 1
         f.nr_pages_mapped -= last
         nr = last if f.entire_mapcount == 0 else 0
@@ -121,8 +128,21 @@ def folio_remove_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int],
         deferred_split_folio(k, f, True)
 
 
+def _single_mm(k: Kernel) -> MM | None:
+    """The only live mm, if there is exactly one (then every mapped folio is mapped by it alone)."""
+    alive = None
+    for mm in k.procs.values():
+        if mm.alive:
+            if alive is not None:
+                return None
+            alive = mm
+    return alive
+
+
 def folio_maybe_mapped_shared(k: Kernel, f: Folio) -> bool:
     """Is the folio mapped by more than one mm? (exact here; the kernel's answer is an estimate)."""
+    if _single_mm(k) is not None:
+        return False
     return len({id(mm) for mm, _a, _kind in rmap_walk(k, f)}) > 1
 
 
@@ -146,8 +166,22 @@ def rmap_walk(k: Kernel, f: Folio) -> list[tuple[MM, int, str]]:
 
 
 def mms_mapping(k: Kernel, f: Folio) -> list[MM]:
+    only = _single_mm(k)
+    if only is not None:
+        return [only] if f.total_mapcount() else []
     seen: list[MM] = []
-    for mm, _a, _kind in rmap_walk(k, f):
-        if mm not in seen:
+    for mm in k.procs.values():
+        if mm.alive and _maps(mm, f):
             seen.append(mm)
     return seen
+
+
+def _maps(mm: MM, f: Folio) -> bool:
+    """Does mm map f anywhere? (stops at the first mapping found)"""
+    for s in mm.pt.slots.values():
+        if isinstance(s, HugePmd):
+            if s.folio is f:
+                return True
+        elif any(p.folio is f and p.kind == PTE_PAGE for p in s.ptes.values()):
+            return True
+    return False

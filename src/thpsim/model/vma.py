@@ -75,7 +75,8 @@ def prot_to_flags(prot_bits: int) -> int:
 
 def is_mergeable_anon_vma(a: Vma, b: Vma) -> bool:
     if a.anon_vma is None or b.anon_vma is None:
-        other = a if a.anon_vma is None else b
+        # vma_had_uncowed_parents(): the side that *has* an anon_vma must have a singular chain
+        other = b if a.anon_vma is None else a
         return other.anon_vma_singular if (a.anon_vma or b.anon_vma) else True
     return a.anon_vma == b.anon_vma
 

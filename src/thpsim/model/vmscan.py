@@ -14,10 +14,13 @@ Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writebac
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from thpsim.model import huge_memory, rmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, Pte
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable
+from thpsim.model.vma import Vma
 
 
 def _take_table(k: Kernel, *, memalloc: bool) -> bool:
@@ -34,34 +37,67 @@ def _return_table(k: Kernel) -> None:
         k.pte_free()
 
 
-def _split_pmd_mappings(k: Kernel, f: Folio, *, caller: str, memalloc: bool) -> bool:
-    """The TTU_SPLIT_HUGE_PMD part of try_to_unmap/try_to_migrate: split every PMD mapping of f.
-
-    Returns False if a split could not get a table (the walk bailed out).
-    """
-    lazy = not k.design.deposit
-    by_vma: list[tuple[MM, int]] = []
+def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]]]:
+    """The rmap_one calls of an rmap walk: one per VMA mapping the folio, with that VMA's mappings."""
+    groups: dict[tuple[int, int], tuple[MM, Vma, list[tuple[int, str]]]] = {}
     for mm, addr, kind in rmap.rmap_walk(k, f):
-        if kind == "pmd":
-            by_vma.append((mm, addr))
-    for mm, addr in by_vma:
         vma = mm.vmas.find(addr)
         assert vma is not None
-        if lazy:
-            # one pre-allocation per rmap_one call (per VMA), before the walk meets the PMD
-            if not _take_table(k, memalloc=memalloc):
+        g = groups.get((id(mm), id(vma)))
+        if g is None:
+            g = groups[(id(mm), id(vma))] = (mm, vma, [])
+        g[2].append((addr, kind))
+    return list(groups.values())
+
+
+def _split_pmd_mappings(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
+                        per_vma: Callable[[MM, Vma], None] | None = None) -> bool:
+    """The rmap walk of try_to_unmap / try_to_migrate with TTU_SPLIT_HUGE_PMD (set for every PMD-order folio).
+
+    Under the lazy design each rmap_one call (one per VMA mapping the folio, PMD- or PTE-mapped) first
+    pre-allocates one PTE table (series §5.5); a failed pre-allocation is acted on only when the walk meets a
+    PMD mapping: then the walk ends with ``ret = false`` and ``thp_split_pmd_failed`` is counted. An unused
+    table is freed at the end of the call and never counted. ``per_vma`` is what the rmap_one call does to that
+    VMA's (now PTE) mappings after the split (try_to_unmap_one installs swap entries as it goes), so the VMAs
+    visited before a failure stay unmapped. Returns False if the walk bailed out.
+    """
+    lazy = not k.design.deposit
+    prealloc_needed = lazy and f.large and f.nr == k.nr
+    for mm, vma, maps in _rmap_vmas(k, f):
+        table = _take_table(k, memalloc=memalloc) if prealloc_needed else False
+        for addr, kind in maps:
+            if kind != "pmd":
+                continue
+            if lazy and not table:
                 k.vmstat.count("thp_split_pmd_failed")
                 k.log.failed_sites.append(caller)
                 return False
-            # the pre-allocated table is consumed by split_huge_pmd_locked
-            k.vmstat.nr_pagetable_bytes += 0
-        hp = mm.pt.slot(addr)
-        assert isinstance(hp, HugePmd)
-        huge_memory.__split_huge_pmd_locked(k, mm, vma, addr, hp, caller=caller)
-        if lazy and k.design.rmap_tables == "reserve_pool":
-            # a pool table is already counted in NR_PAGETABLE; nothing more to add
-            pass
+            hp = mm.pt.slot(addr)
+            assert isinstance(hp, HugePmd)
+            huge_memory.__split_huge_pmd_locked(k, mm, vma, addr, hp, caller=caller)
+            table = False   # consumed by split_huge_pmd_locked
+        if table:
+            _return_table(k)   # not needed (PTE-mapped here): freed at exit, never counted
+        if per_vma is not None:
+            per_vma(mm, vma)
     return True
+
+
+def _vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
+    """The PTEs of ``vma`` that map folio ``f``: (address, pte), in address order."""
+    pt = mm.pt
+    out: list[tuple[int, Pte]] = []
+    for idx in range(vma.start >> pt.pmd_shift, ((vma.end - 1) >> pt.pmd_shift) + 1):
+        s = pt.slots.get(idx)
+        if not isinstance(s, PteTable):
+            continue
+        base = idx << pt.pmd_shift
+        for i in sorted(s.ptes):
+            pte = s.ptes[i]
+            a = base + (i << pt.page_shift)
+            if pte.kind == PTE_PAGE and pte.folio is f and vma.start <= a < vma.end:
+                out.append((a, pte))
+    return out
 
 
 def try_to_migrate(k: Kernel, f: Folio, *, caller: str) -> bool:
@@ -90,17 +126,24 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
             return "split-kept"
         return "activated"
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
-    if f.large and not _split_pmd_mappings(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
-        return "kept"
-    for mm, addr, _kind in rmap.rmap_walk(k, f):
-        pte = mm.pt.get_pte(addr)
-        assert pte is not None and pte.kind == PTE_PAGE
-        swapped = Folio(0, 0, 1)
-        swapped.default = f.content(pte.idx)
-        idx = pte.idx
-        pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_SWAP, swapped, 0, False, False
-        rmap.folio_remove_rmap_ptes(k, mm, f, [idx])
-        mm.swap_ents += 1
+    def swap_out_vma(mm: MM, vma: Vma) -> None:
+        # try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry
+        idxs = []
+        for _addr, pte in _vma_ptes_of(mm, vma, f):
+            swapped = Folio(0, 0, 1)
+            swapped.default = f.content(pte.idx)
+            idxs.append(pte.idx)
+            pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_SWAP, swapped, 0, False, False
+            mm.swap_ents += 1
+        # one PTE at a time in the kernel; removing the first alone and the rest together gives the same
+        # mapcounts, NR_ANON_MAPPED, RSS and deferred-split decision (the entire mapcount is constant here)
+        if idxs:
+            rmap.folio_remove_rmap_ptes(k, mm, f, idxs[:1])
+        if len(idxs) > 1:
+            rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
+
+    if not _split_pmd_mappings(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc, per_vma=swap_out_vma):
+        return "kept"   # folio_mapped() after try_to_unmap: kept (VMAs visited before the failure stay swapped)
     if f.large:
         k.vmstat.count("thp_swpout")
         k.vmstat.mthp["swpout"] += 1
