@@ -143,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     trace = _load(args.trace)
     run = run_model(trace, design=args.design, arch=args.arch, knobs=_knobs(args), policy=_policy(args),
-                    check=args.check, shadow=not args.no_shadow)
+                    check=args.check, shadow=not args.no_shadow, observe="status" if args.brief else "full")
     if args.json:
         _json({"trace": trace.header.name or args.trace, "design": args.design, "arch": args.arch,
                "steps": [to_dict(s) for s in run.steps], "peak_pgtables_bytes": run.peak_pgtables_bytes,
@@ -268,7 +268,7 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         _json(res)
     else:
         _out(format_tap(res))
-    return EXIT_OK
+    return EXIT_DIFF if any(r.status == "fail" for r in res) else EXIT_OK
 
 
 def cmd_campaign(args: argparse.Namespace) -> int:
@@ -276,18 +276,22 @@ def cmd_campaign(args: argparse.Namespace) -> int:
 
     trace = _load(args.trace)
     sites = tuple(args.sites.split(",")) if args.sites else None
-    r = exhaustive(trace, design=args.design, arch=args.arch, sites=sites)
+    r = exhaustive(trace, design=args.design, arch=args.arch, sites=sites, knobs=_knobs(args),
+                   workers=args.workers, mode="checkpoint" if args.checkpoint else "replay")
     if args.json:
         _json(r)
     else:
         _out(format_campaign(r))
-    return EXIT_OK
+    return EXIT_DIFF if r.invariant_violations else EXIT_OK
 
 
 def cmd_review(args: argparse.Namespace) -> int:
     from thpsim.analysis.review import format_review, review_table
 
-    rows = review_table()
+    kw: dict[str, Any] = {"n": args.n}
+    if args.reserves is not None:
+        kw["reserve_pages"] = args.reserves
+    rows = review_table(**kw)
     if args.json:
         _json(rows)
     else:
@@ -309,7 +313,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         sys.stderr.flush()
 
     designs = tuple(args.designs.split(",")) if args.designs else None
-    kw: dict[str, Any] = {"progress": progress, "arch": args.arch}
+    kw: dict[str, Any] = {"progress": progress, "arch": args.arch, "knobs": _knobs(args)}
     if designs:
         kw["designs"] = designs
     if args.pressure:
@@ -475,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_opts(p)
     p.add_argument("--check", action="store_true", help="verify the model invariants after every step")
     p.add_argument("--no-shadow", action="store_true", help="skip the shadow-memory data-contract check")
+    p.add_argument("--brief", action="store_true", help="status values only (no smaps / page map): much faster "
+                   "on long traces")
 
     p = add("demo", cmd_demo, "run the bundled realistic workload and show what the deposit costs")
     p.add_argument("-o", "--output", help="directory for demo.png (default: current directory)")
@@ -509,8 +515,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--design", default="lazy")
     p.add_argument("--arch", default="x86_64")
     p.add_argument("--sites", help="comma-separated site prefixes to fail (default: all)")
+    p.add_argument("--workers", type=int, help="process pool size (default: CPUs, at most 8)")
+    p.add_argument("--checkpoint", action="store_true", help="restore a snapshot instead of replaying the prefix")
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE")
+    p.add_argument("--host-knobs", action="store_true")
 
-    add("review", cmd_review, "the v3 review's open problems, measured for lazy and the variants")
+    p = add("review", cmd_review, "the v3 review's open problems, measured for lazy and the variants")
+    p.add_argument("--n", type=int, default=1000, help="processes sharing the THP in Hugh's reclaim case")
+    p.add_argument("--reserves", type=int, help="PF_MEMALLOC reserve pages (default: n/2)")
 
     p = add("report", cmd_report, "replay traces under all designs and write a self-contained HTML report")
     p.add_argument("traces", nargs="+")
@@ -522,6 +534,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "probability")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--arch", default="x86_64")
+    p.add_argument("--knob", action="append", metavar="NAME=VALUE",
+                   help="kernel knob override, e.g. thp_enabled=always (real programs rarely madvise)")
+    p.add_argument("--host-knobs", action="store_true")
 
     p = add("estimate", cmd_estimate, "what would the series save on this host (or on captured snapshots)?")
     p.add_argument("--snapshot", nargs="+", metavar="DIR", help="snapshot directories or tarballs (a fleet)")

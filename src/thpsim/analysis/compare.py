@@ -115,6 +115,14 @@ def _counter_str(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
 
 
+def _errors_str(results: tuple[Any, ...] | list[Any]) -> str:
+    """Steps whose result is an errno or a signal, as "step:ERRNO" (at most 6), or "none"."""
+    bad = [f"{i}:{r}" for i, r in enumerate(results) if isinstance(r, str)]
+    if not bad:
+        return "none"
+    return " ".join(bad[:6]) + (f" (+{len(bad) - 6})" if len(bad) > 6 else "")
+
+
 def format_comparison(c: Comparison) -> str:
     """An aligned text table: one row per metric, one column per design."""
     rows: list[tuple[str, ...]] = [("", *(d.design for d in c.designs))]
@@ -135,7 +143,7 @@ def format_comparison(c: Comparison) -> str:
     row("failed split sites", lambda d: _counter_str(d.failed_split_sites))
     row("alloc failures by site", lambda d: _counter_str(d.alloc_failures_by_site))
     row("data-contract violations", lambda d: len(d.violations))
-    row("step results", lambda d: " ".join(str(r) for r in d.results if r is not None))
+    row("failed steps (errno)", lambda d: _errors_str(d.results))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     out = [f"trace {c.trace} on {c.arch}"]
     for r in rows:

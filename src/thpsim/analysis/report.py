@@ -171,7 +171,7 @@ class _ReportSimulator(Simulator):
     """
 
     def __init__(self, k: Any, *, contract: str, n_ops: int) -> None:
-        super().__init__(k, shadow=contract != "off")
+        super().__init__(k, shadow=contract != "off", shadow_scope="all")
         self.contract = contract
         self.n_ops = n_ops
         self._parked: Any = None

@@ -86,7 +86,10 @@ class Simulator:
     """Runs ops one at a time (so campaigns can drive it step by step)."""
 
     def __init__(self, k: Kernel, *, check: bool = False, shadow: bool = False, base: int = ARENA_BASE,
-                 observe: str = "full") -> None:
+                 observe: str = "full", shadow_scope: str = "op") -> None:
+        if shadow_scope not in ("op", "all"):
+            raise ValueError(f"shadow_scope must be 'op' or 'all', not {shadow_scope!r}")
+        self.shadow_scope = shadow_scope
         if observe not in ("full", "status"):
             raise ValueError(f"observe must be 'full' or 'status', not {observe!r}")
         self.k = k
@@ -113,10 +116,15 @@ class Simulator:
         self.ops_done.append(op)
         violations: list[str] = []
         if self.shadow is not None:
+            scope = self._scope(op)
             for name in self.order:
                 mm = k.procs.get(name)
-                if mm is not None and mm.alive:
+                if mm is None or not mm.alive:
+                    continue
+                if scope is None:
                     violations += compare(k, mm, self.shadow, self.base)
+                elif name == op.proc:
+                    violations += compare(k, mm, self.shadow, self.base, scope)
         if self.check:
             errs = invariants.check(k)
             if errs:
@@ -124,6 +132,22 @@ class Simulator:
                 raise InvariantViolation("; ".join(errs[:5]), step=i, trace_prefix=prefix)
         k.log.violations = violations
         return self.observe(i, op, result, data, violations)
+
+    def _scope(self, op: Op) -> list[tuple[int, int]] | None:
+        """Where this op can change what the program reads (None: anywhere, in any process).
+
+        With ``shadow_scope="op"`` (the default) a data-contract violation is reported at the step whose op
+        caused it, by comparing only that range; ``"all"`` compares every page of every process every step.
+        """
+        if self.shadow_scope == "all" or op.kind in ("fork", "khugepaged", "shrink_deferred", "reclaim",
+                                                      "migrate", "gup", "expect", "exit"):
+            return None if op.kind != "exit" else []
+        a = self.base + op.start
+        ranges = [(a, a + max(op.length, op.new_length))]
+        if op.dest is not None:
+            d = self.base + op.dest
+            ranges.append((d, d + max(op.length, op.new_length)))
+        return ranges
 
     def observe(self, i: int, op: Op, result: int | str | None, data: str | None,
                 violations: list[str]) -> StepObs:
@@ -276,12 +300,13 @@ class Simulator:
 
 def run_model(trace: Trace, *, design: str = "upstream", arch: str = "x86_64", knobs: Knobs | None = None,
               policy: FailPolicy | None = None, check: bool = False, shadow: bool = False,
-              max_retries: int = 1000, keep_kernel: bool = True, observe: str = "full") -> ModelRun:
+              max_retries: int = 1000, keep_kernel: bool = True, observe: str = "full",
+              shadow_scope: str = "op") -> ModelRun:
     """Replay ``trace``. ``observe="status"`` skips smaps and the page-map view in the observations (much faster
     on large traces; enough for page-table accounting, comparisons and reports)."""
     k = make_kernel(design=design, arch=arch, knobs=knobs, policy=policy, overrides=trace.header.kernel,
                     max_retries=max_retries)
-    sim = Simulator(k, check=check, shadow=shadow, observe=observe)
+    sim = Simulator(k, check=check, shadow=shadow, observe=observe, shadow_scope=shadow_scope)
     run = ModelRun(design=design, arch=arch)
     for i, op in enumerate(trace.ops):
         obs = sim.step(i, op)

@@ -68,11 +68,25 @@ class Shadow:
         self.last_op.pop(name, None)
 
 
-def model_contents(k: Kernel, mm: MM) -> dict[int, Content]:
-    """Non-zero page contents the page-table model would return to a reader (present or swapped)."""
+Ranges = list[tuple[int, int]] | None
+
+
+def _in(a: int, ranges: Ranges) -> bool:
+    return ranges is None or any(lo <= a < hi for lo, hi in ranges)
+
+
+def model_contents(k: Kernel, mm: MM, ranges: Ranges = None) -> dict[int, Content]:
+    """Non-zero page contents the page-table model would return to a reader (present or swapped), over the
+    whole address space or only inside ``ranges``."""
     out: dict[int, Content] = {}
     pt = mm.pt
-    for idx, s in pt.slots.items():
+    if ranges is None:
+        items = list(pt.slots.items())
+    else:
+        idxs = sorted({i for lo, hi in ranges for i in range(lo >> pt.pmd_shift, ((hi - 1) >> pt.pmd_shift) + 1)
+                       if hi > lo})
+        items = [(i, pt.slots[i]) for i in idxs if i in pt.slots]
+    for idx, s in items:
         base = idx << pt.pmd_shift
         if isinstance(s, HugePmd):
             f = s.folio
@@ -82,23 +96,32 @@ def model_contents(k: Kernel, mm: MM) -> dict[int, Content]:
                 continue
             for i in range(f.nr):
                 c = f.content(i)
-                if not content_is_zero(c):
-                    out[base + i * k.page] = c
+                a = base + i * k.page
+                if not content_is_zero(c) and _in(a, ranges):
+                    out[a] = c
             continue
         assert isinstance(s, PteTable)
         for i, pte in s.ptes.items():
             if pte.kind in (PTE_PAGE, PTE_SWAP) and pte.folio is not None:
                 c = pte.folio.content(pte.idx)
-                if not content_is_zero(c):
-                    out[base + (i << pt.page_shift)] = c
+                a = base + (i << pt.page_shift)
+                if not content_is_zero(c) and _in(a, ranges):
+                    out[a] = c
     return out
 
 
-def compare(k: Kernel, mm: MM, shadow: Shadow, base: int) -> list[str]:
-    """Data-contract violations for one process, as readable ranges."""
+def compare(k: Kernel, mm: MM, shadow: Shadow, base: int, ranges: Ranges = None) -> list[str]:
+    """Data-contract violations for one process (whole address space, or only inside ``ranges``)."""
     want = shadow.proc(mm.name)
+    if ranges is not None:
+        npages = sum(max(hi - lo, 0) for lo, hi in ranges) // k.page
+        if npages < len(want):
+            pages = (a for lo, hi in ranges for a in range(lo - lo % k.page, hi, k.page))
+            want = {a: want[a] for a in pages if a in want}
+        else:
+            want = {a: c for a, c in want.items() if _in(a, ranges)}
     mz = shadow.maybe_zero.get(mm.name, set())
-    got = model_contents(k, mm)
+    got = model_contents(k, mm, ranges)
     bad: list[tuple[int, str]] = []
     for a in sorted(set(want) | set(got)):
         w = want.get(a, ZERO)
