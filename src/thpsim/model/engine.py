@@ -142,12 +142,10 @@ class Simulator:
         if self.shadow_scope == "all" or op.kind in ("fork", "khugepaged", "shrink_deferred", "reclaim",
                                                       "migrate", "gup", "expect", "exit"):
             return None if op.kind != "exit" else []
-        a = self.base + op.start
-        ranges = [(a, a + max(op.length, op.new_length))]
-        if op.dest is not None:
-            d = self.base + op.dest
-            ranges.append((d, d + max(op.length, op.new_length)))
-        return ranges
+        pg = self.k.page
+        n = max(op.length, op.new_length)
+        starts = [self.base + op.start] + ([self.base + op.dest] if op.dest is not None else [])
+        return [(a - a % pg, -(-(a + n) // pg) * pg) for a in starts]   # whole pages
 
     def observe(self, i: int, op: Op, result: int | str | None, data: str | None,
                 violations: list[str]) -> StepObs:
