@@ -46,13 +46,12 @@ from typing import Any
 
 from thpsim import __version__
 from thpsim.errors import LivelockDetected, ThpsimError, TraceError
-from thpsim.model import task_mmu
 from thpsim.model.arch import get_arch
 from thpsim.model.design import DESIGNS, VARIANTS, get_design
-from thpsim.model.engine import VMSTAT_REPORTED, Simulator, make_kernel
+from thpsim.model.engine import Simulator, make_kernel
 from thpsim.model.knobs import Knobs
 from thpsim.model.page_alloc import FailPolicy
-from thpsim.observation import MEMINFO_FIELDS, StepObs
+from thpsim.observation import StepObs
 from thpsim.trace import format as fmt
 
 REPORT_FORMAT = 1
@@ -171,7 +170,7 @@ class _ReportSimulator(Simulator):
     """
 
     def __init__(self, k: Any, *, contract: str, n_ops: int) -> None:
-        super().__init__(k, shadow=contract != "off", shadow_scope="all")
+        super().__init__(k, shadow=contract != "off", shadow_scope="all", observe="status")
         self.contract = contract
         self.n_ops = n_ops
         self._parked: Any = None
@@ -224,16 +223,7 @@ class _ReportSimulator(Simulator):
             self.violating = bool(violations)
             self.vranges = _violation_ranges(tuple(violations))
             self.unranged = any(_violation_range(v) is None for v in violations)
-        k = self.k
-        procs = tuple(task_mmu.proc_obs(k, k.procs[n], self.base, full=False) for n in self.order
-                      if n in k.procs and k.procs[n].alive)
-        ev = k.vmstat.events
-        vm = tuple(sorted((n, ev[n]) for n in ev if ev[n] and n in VMSTAT_REPORTED))
-        mi = {"AnonHugePages": k.vmstat.nr_anon_thps * k.pmd_size >> 10,
-              "PageTables": k.vmstat.nr_pagetable_bytes >> 10, "AnonPages": k.vmstat.nr_anon_pages * k.page >> 10}
-        meminfo = tuple(sorted((n, v) for n, v in mi.items() if v and n in MEMINFO_FIELDS))
-        return StepObs(step=i, line=op.line, op=op.kind, proc=op.proc, result=result, data=data, procs=procs,
-                       vmstat=vm, meminfo=meminfo, notes=tuple(k.log.notes), violations=tuple(violations))
+        return super().observe(i, op, result, data, violations)
 
 
 # ops that only read or write user data: they cannot copy, move or discard an existing violation

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
+from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable
 from thpsim.model.vma import (
@@ -135,16 +136,12 @@ def _free_ptes(k: Kernel, mm: MM, table: PteTable, start: int, end: int) -> None
             continue
         f = pte.folio
         if f.large:
-            # a PTE-mapped large folio: split it unless the whole folio is covered here
-            n = 0
-            while i + n < last and (q := table.ptes.get(i + n)) is not None and q.folio is f:
-                n += 1
-            if n < f.nr:
-                if rmap.folio_maybe_mapped_shared(k, f):
-                    i += n
-                    continue
-                huge_memory.split_folio(k, f, caller="madvise_free_pte_range")
+            n, what = _large_folio_batch(k, table, i, last, f, caller="madvise_free_pte_range")
+            if what == "split":
                 continue  # re-examine the same index: now order-0 folios (or the zero page)
+            if what == "skip":
+                i += n
+                continue
             for j in range(i, i + n):
                 table.ptes[j].dirty = False
             f.dirty = False
@@ -158,6 +155,20 @@ def _free_ptes(k: Kernel, mm: MM, table: PteTable, start: int, end: int) -> None
         pte.dirty = False
         huge_memory.folio_mark_lazyfree(f)
         i += 1
+
+
+def _large_folio_batch(k: Kernel, table: PteTable, i: int, last: int, f: Folio, *, caller: str) -> tuple[int, str]:
+    """A run of PTEs mapping the large folio f from index i (madvise_folio_pte_batch), and what to do with it:
+    "whole" (the run covers the folio), "split" (it did not, and split_folio succeeded: re-examine), or "skip"
+    (partial, and the folio is shared or could not be split)."""
+    n = 0
+    while i + n < last and (q := table.ptes.get(i + n)) is not None and q.folio is f:
+        n += 1
+    if n >= f.nr:
+        return n, "whole"
+    if rmap.folio_maybe_mapped_shared(k, f) or not huge_memory.split_folio(k, f, caller=caller):
+        return n, "skip"
+    return 0, "split"
 
 
 def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: bool) -> int:
@@ -197,15 +208,10 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
                     continue
                 f = pte.folio
                 if f.large:
-                    n = 0
-                    while i + n < last and (q := s.ptes.get(i + n)) is not None and q.folio is f:
-                        n += 1
-                    if n < f.nr:
-                        if rmap.folio_maybe_mapped_shared(k, f):
-                            i += n
-                            continue
-                        if huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
-                            continue
+                    n, what = _large_folio_batch(k, s, i, last, f, caller="madvise_cold_or_pageout_pte_range")
+                    if what == "split":
+                        continue
+                    if what == "skip":
                         i += n
                         continue
                     if pageout and not rmap.folio_maybe_mapped_shared(k, f):
