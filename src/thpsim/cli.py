@@ -121,8 +121,9 @@ def format_steps(trace: Any, steps: Sequence[Any], *, title: str = "") -> str:
     for op, s in zip(trace.ops, steps, strict=False):
         res = "" if s.result is None else str(s.result if not isinstance(s.result, int) or s.op not in
                                                ("mmap", "mremap") else format_size(s.result))
-        procs = "  ".join(f"{p.proc}: pte {p.vm_pte_kb} rss {p.rss_anon_kb} ahp "
-                          f"{sum(v.anon_huge_kb for v in p.vmas)}" + (f" lck {p.vm_lck_kb}" if p.vm_lck_kb else "")
+        procs = "  ".join(f"{p.proc}: pte {p.vm_pte_kb} rss {p.rss_anon_kb}"
+                          + (f" ahp {sum(v.anon_huge_kb for v in p.vmas)}" if p.vmas else "")
+                          + (f" lck {p.vm_lck_kb}" if p.vm_lck_kb else "")
                           + (f" swp {p.vm_swap_kb}" if p.vm_swap_kb else "") for p in s.procs)
         cur = dict(s.vmstat)
         changed = {k: v for k, v in cur.items() if prev.get(k, 0) != v}
