@@ -187,6 +187,9 @@ def cmd_diff(args: argparse.Namespace) -> int:
         raise ThpsimError(f"cannot diff against the live kernel: {why}")
     env = detect()
     knobs = env.knobs()
+    if env.unsupported and not args.json:
+        for u in env.unsupported:
+            sys.stderr.write(f"thpsim: note: the model does not support this kernel setting: {u}\n")
     results = []
     worst = EXIT_OK
     for path in args.traces:
@@ -212,7 +215,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                     for m in d.noisy[:args.max_show]:
                         _out("  " + m.describe())
     if args.json:
-        _json({"kernel": env.kernel_release, "results": results})
+        _json({"kernel": env.kernel_release, "unsupported": list(env.unsupported), "results": results})
     return worst
 
 
