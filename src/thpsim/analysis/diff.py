@@ -43,6 +43,7 @@ class DiffResult:
     compared_steps: int = 0
     stopped_at: int | None = None      # first model-only step (not comparable afterwards)
     note: str = ""
+    background_collapse: int | None = None   # first step where khugepaged collapsed something on its own
 
     @property
     def identical(self) -> bool:
@@ -97,6 +98,12 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
             res.note = f"step {a.step} ({a.op}) is model-only; later steps are not compared"
             break
         res.compared_steps += 1
+        if res.background_collapse is None and b.counter("thp_collapse_alloc") > a.counter("thp_collapse_alloc"):
+            # the kernel's khugepaged thread scans MADV_HUGEPAGE regions every scan_sleep_millisecs and may
+            # collapse a PTE table between two steps; the model runs khugepaged only when the trace says so
+            res.background_collapse = a.step
+            res.note = (f"step {a.step}: the live kernel's khugepaged collapsed a range in the background "
+                        "(thp_collapse_alloc rose without a collapse in the trace); rerun to compare")
         if a.result != b.result:
             res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "result", a.result, b.result))
         if a.data != b.data:
