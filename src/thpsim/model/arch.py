@@ -28,6 +28,17 @@ class Arch:
     validated_live: bool = False
 
     @property
+    def pmd_nr_pagetable_bytes(self) -> int:
+        """NR_PAGETABLE for one PMD table: whole pages of the allocation (a 16 KiB s390 CRST table is four 4 KiB
+        pages; on 16K/64K-page arm64 one page). From the specs; validated live on x86_64 only."""
+        return max(self.pmd_table_bytes, self.page_size) if self.pmd_table_bytes else 0
+
+    @property
+    def pud_nr_pagetable_bytes(self) -> int:
+        """Same for one PUD table; 0 where the level is folded (arm64 64K pages, 3 levels)."""
+        return max(self.pud_table_bytes, self.page_size) if self.pud_table_bytes else 0
+
+    @property
     def pmd_size(self) -> int:
         return self.page_size * self.ptrs_per_pte
 

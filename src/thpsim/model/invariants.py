@@ -29,7 +29,8 @@ def check(k: Kernel) -> list[str]:
         if not mm.alive:
             continue
         errs += _check_mm(k, mm, entire, per_page, folios)
-        tables += mm.pt.nr_ptes * (k.arch.pagetable_page_bytes) + (mm.pt.nr_pmds + mm.pt.nr_puds) * 4096
+        tables += (mm.pt.nr_ptes * k.arch.pagetable_page_bytes + mm.pt.nr_pmds * k.arch.pmd_nr_pagetable_bytes
+                   + mm.pt.nr_puds * k.arch.pud_nr_pagetable_bytes)
     for fid, f in folios.items():
         want_entire = entire.get(fid, 0)
         pages = per_page.get(fid, {})

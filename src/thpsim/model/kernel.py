@@ -124,7 +124,7 @@ class Kernel:
             return True
         if not self.alloc.alloc("__pud_alloc", 1):
             return False
-        self.vmstat.nr_pagetable_bytes += 4096
+        self.vmstat.nr_pagetable_bytes += self.arch.pud_nr_pagetable_bytes
         mm.pt.install_pud_table(addr)
         return True
 
@@ -135,7 +135,7 @@ class Kernel:
             return True
         if not self.alloc.alloc("__pmd_alloc", 1):
             return False
-        self.vmstat.nr_pagetable_bytes += 4096
+        self.vmstat.nr_pagetable_bytes += self.arch.pmd_nr_pagetable_bytes
         mm.pt.install_pmd_table(addr)
         return True
 
@@ -159,13 +159,13 @@ class Kernel:
         if t.deposits:
             raise AssertionError(f"{mm.name}: freeing a PMD table with {t.deposits} deposited tables (VM_BUG_ON)")
         mm.pt.nr_pmds -= 1
-        self.vmstat.nr_pagetable_bytes -= 4096
+        self.vmstat.nr_pagetable_bytes -= self.arch.pmd_nr_pagetable_bytes
         self.alloc.free(1)
 
     def free_pud_table(self, mm: MM, addr: int) -> None:
         mm.pt.pud_tables.discard(addr >> mm.pt.p4d_shift)
         mm.pt.nr_puds -= 1
-        self.vmstat.nr_pagetable_bytes -= 4096
+        self.vmstat.nr_pagetable_bytes -= self.arch.pud_nr_pagetable_bytes
         self.alloc.free(1)
 
     def new_anon_vma(self) -> int:

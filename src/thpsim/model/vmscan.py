@@ -125,6 +125,22 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
             k.vmstat.mthp["swpout_fallback"] += 1
             return "split-kept"
         return "activated"
+    if f.large and not k.knobs.thp_swap:
+        # no CONFIG_THP_SWAP: split_folio_to_list, then the order-0 folios are swapped one by one
+        where = rmap.rmap_walk(k, f)
+        if not huge_memory.split_folio(k, f, caller=caller):
+            return "activated"
+        k.vmstat.count("thp_swpout_fallback")
+        k.vmstat.mthp["swpout_fallback"] += 1
+        small: list[Folio] = []
+        for mm, addr, kind in where:
+            for a in (range(addr, addr + k.pmd_size, k.page) if kind == "pmd" else (addr,)):
+                pte = mm.pt.get_pte(a)
+                if pte is not None and pte.kind == PTE_PAGE and pte.folio is not None and pte.folio not in small:
+                    small.append(pte.folio)
+        for sf in small:
+            shrink_folio(k, sf, memalloc=memalloc, caller=caller)
+        return "split-swapped"
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
     def swap_out_vma(mm: MM, vma: Vma) -> None:
         # try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry
