@@ -17,7 +17,7 @@ from collections.abc import Callable
 from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable, pmd_ranges
 from thpsim.model.vma import (
     VM_DONTCOPY,
     VM_HUGEPAGE,
@@ -102,17 +102,13 @@ def _free(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
         return EINVAL
     p = k.pmd_size
     pt = mm.pt
-    addr = start
-    while addr < end:
-        nxt = min((addr | (p - 1)) + 1, end)
+    for addr, nxt in pmd_ranges(start, end, p):
         s = pt.slot(addr)
         if isinstance(s, HugePmd) and huge_memory.madvise_free_huge_pmd(k, mm, v, addr & ~(p - 1), addr, nxt):
-            addr = nxt
             continue
         s = pt.slot(addr)
         if isinstance(s, PteTable):
             _free_ptes(k, mm, s, addr, nxt)
-        addr = nxt
     return 0
 
 
@@ -176,26 +172,18 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
         return EINVAL
     p = k.pmd_size
     pt = mm.pt
-    addr = start
-    while addr < end:
-        nxt = min((addr | (p - 1)) + 1, end)
+    for addr, nxt in pmd_ranges(start, end, p):
         s = pt.slot(addr)
         if isinstance(s, HugePmd):
             f = s.folio
-            if f is not None and not rmap.folio_maybe_mapped_shared(k, f):
-                if nxt - addr != p:
-                    if not huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
-                        addr = nxt
-                        continue
-                elif pageout:
+            if f is None or rmap.folio_maybe_mapped_shared(k, f):
+                continue
+            if nxt - addr == p:
+                # a whole PMD: COLD deactivates, PAGEOUT reclaims; no split here
+                if pageout:
                     vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
-                    addr = nxt
-                    continue
-                else:
-                    addr = nxt
-                    continue
-            else:
-                addr = nxt
+                continue
+            if not huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
                 continue
         s = pt.slot(addr)
         if isinstance(s, PteTable):
@@ -221,7 +209,6 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
                 if pageout and f.refcount() == 1:
                     vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
                 i += 1
-        addr = nxt
     return 0
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
@@ -75,9 +75,7 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                 if isinstance(s, HugePmd) and huge_memory.__split_huge_pmd(k, mm, vma, a, caller=caller) != 0:
                     return ENOMEM
     writable = vma.writable
-    addr = start
-    while addr < end:
-        nxt = min((addr | (p - 1)) + 1, end)
+    for addr, nxt in pmd_ranges(start, end, p):
         s = pt.slot(addr)
         if isinstance(s, HugePmd):
             if nxt - addr == p:
@@ -85,7 +83,6 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                     s.write, s.uffd_wp = False, True
                 else:
                     huge_memory.change_huge_pmd(k, mm, addr, s, writable)
-                addr = nxt
                 continue
             tries = 0
             while huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
@@ -104,7 +101,6 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                 f = pte.folio
                 pte.write = not uffd_wp and writable and f is not None and (
                     f.anon_exclusive if not f.large else _exclusive(k, mm, f))
-        addr = nxt
     return 0
 
 

@@ -23,6 +23,17 @@ PTE_GUARD = 3    # guard marker (MADV_GUARD_INSTALL)
 PTE_MIGRATION = 4
 
 
+def pmd_ranges(start: int, end: int, pmd_size: int) -> list[tuple[int, int]]:
+    """[start, end) cut at PMD boundaries: the kernel's ``next = pmd_addr_end(addr, end)`` loop."""
+    out = []
+    addr = start
+    while addr < end:
+        nxt = min((addr | (pmd_size - 1)) + 1, end)
+        out.append((addr, nxt))
+        addr = nxt
+    return out
+
+
 class Pte:
     __slots__ = ("kind", "folio", "idx", "write", "dirty")
 
