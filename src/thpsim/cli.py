@@ -496,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("live", cmd_live, "run a trace on the running kernel and print the same observations")
     p.add_argument("trace")
-    p.add_argument("--allow-sysfs", action="store_true", help="allow temporary, restored sysfs changes")
+    p.add_argument("--allow-sysfs", action="store_true",
+                   help="allow temporary, restored sysfs changes (no op needs one yet: khugepaged passes stay "
+                        "model-only, so this currently changes nothing)")
 
     p = add("diff", cmd_diff, "run traces on the model and the live kernel; exit 0 only when identical")
     p.add_argument("traces", nargs="+")
