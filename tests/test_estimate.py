@@ -154,8 +154,8 @@ def test_arch_handling(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("rel, mutate, needle", [
     ("meminfo", lambda t: t[:-7], "truncated"),
-    ("meminfo", lambda t: t.replace("PageTables", "PageTabl"), "no PageTables"),
-    ("vmstat", lambda t: t + "garbage here\n", "corrupt line"),
+    ("meminfo", lambda t: t.replace("PageTables", "PageTabl"), "missing PageTables"),
+    ("vmstat", lambda t: t + "garbage here\n", "cannot read line"),
     ("manifest.json", lambda t: t[: len(t) // 2], "corrupt JSON"),
     ("manifest.json", lambda t: t.replace('"version": 1', '"version": 9'), "unsupported snapshot version 9"),
     ("thp/hpage_pmd_size", lambda t: "12abc\n", "power-of-two"),

@@ -35,5 +35,5 @@ def test_bad_sample_file(tmp_path: os.PathLike[str]) -> None:
     bad = os.path.join(str(tmp_path), "x.vmpte.json")
     with open(bad, "w") as f:
         f.write("{not json")
-    with pytest.raises(ThpsimError, match="not valid JSON"):
+    with pytest.raises(ThpsimError, match="cannot read the VmPTE samples"):
         vmpte_agreement(EXAMPLES[0], bad)

@@ -276,13 +276,13 @@ def test_pressure_pass_failures_and_violations(report: tuple[ReportData, list]) 
 
 
 def test_contract_modes_agree(inputs: dict[str, str]) -> None:
-    """The gated data-contract check finds the same violations at the same steps as checking every step."""
+    """The op-scoped data-contract check finds the same violations at the same steps as checking every step."""
     paths = [inputs["partial"], inputs["generated"]]
     pol = FailPolicy(probability=0.5, fail_site="pte_alloc_one", seed=2)
-    a = build_report(paths, designs=("upstream", "lazy", "lazy-zap-zero"), pressure=pol, contract="failures")
+    a = build_report(paths, designs=("upstream", "lazy", "lazy-zap-zero"), pressure=pol, contract="op")
     b = build_report(paths, designs=("upstream", "lazy", "lazy-zap-zero"), pressure=pol, contract="every")
     assert sum(r.violation_count for t in b.traces for r in t.pressure_runs) > 0
-    assert to_json(a) == to_json(b).replace('"contract": "every"', '"contract": "failures"')
+    assert to_json(a) == to_json(b).replace('"contract": "every"', '"contract": "op"')
     off = build_report(paths, designs=("lazy",), pressure=pol, contract="off")
     assert all(r.violation_count == 0 for t in off.traces for r in t.pressure_runs)
 

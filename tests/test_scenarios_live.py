@@ -9,6 +9,7 @@ import os
 import pytest
 
 from thpsim.analysis.diff import diff_steps
+from thpsim.analysis.expect import check_expectations
 from thpsim.live.env import detect, skip_reason
 from thpsim.live.runner import run_live
 from thpsim.model.engine import run_model
@@ -34,10 +35,12 @@ def test_model_matches_live_kernel(path: str) -> None:
     # Retried: a thp_* difference caused by another process on the host, or khugepaged collapsing a
     # MADV_HUGEPAGE range in the background (it wakes every scan_sleep_millisecs, independent of the trace).
     for _attempt in range(3):
-        d = diff_steps(model.steps, run_live(trace), model_only_ops=tf.MODEL_ONLY_OPS)
+        live = run_live(trace)
+        d = diff_steps(model.steps, live, model_only_ops=tf.MODEL_ONLY_OPS)
         if d.identical:
             break
         if d.background_collapse is None and any(not m.field.startswith("vmstat.") for m in d.exact):
             break
     assert d is not None and d.identical, "\n".join(m.describe() for m in d.exact[:15])
     assert d.compared_steps == len(trace.ops)
+    assert check_expectations(trace, live) == []

@@ -154,7 +154,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                                                    f"{run.design}, arch {args.arch}"))
         _out(f"peak page tables {run.peak_pgtables_bytes // 1024} kB, final {run.final_pgtables_bytes // 1024} kB"
              + (f"; {len(run.violations)} data-contract violation(s)" if run.violations else ""))
-    return EXIT_OK
+    return _report_expectations(trace, run.steps, args.design, args.json)
+
+
+def _report_expectations(trace: Any, steps: Sequence[Any], design: str, as_json: bool) -> int:
+    """The trace's ``expect`` fields that the run did not meet: one line each on stderr; exit 1 if any."""
+    from thpsim.analysis.expect import check_expectations
+
+    failed = check_expectations(trace, steps, design)
+    for line in failed:
+        sys.stderr.write(f"thpsim: expectation not met: {line}\n")
+    return EXIT_DIFF if failed else EXIT_OK
 
 
 def cmd_live(args: argparse.Namespace) -> int:
@@ -172,7 +182,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     else:
         _out(format_steps(trace, steps, title=f"{trace.header.name or args.trace}: live kernel "
                                               f"{os.uname().release}"))
-    return EXIT_OK
+    return _report_expectations(trace, steps, "upstream", args.json)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

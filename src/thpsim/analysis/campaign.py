@@ -22,7 +22,7 @@ import pickle
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from thpsim.errors import InvariantViolation
@@ -223,8 +223,3 @@ def format_campaign(r: CampaignResult, *, timing: bool = False) -> str:
     if timing:
         lines.append(f"{r.mode}: {r.elapsed_s:.2f} s")
     return "\n".join(lines)
-
-
-def with_sites(r: CampaignResult, sites: tuple[str, ...]) -> CampaignResult:
-    """The points of ``r`` at the given sites (a view, no replay)."""
-    return replace(r, points=tuple(p for p in r.points if p.point.site.startswith(sites)))

@@ -127,8 +127,3 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
     if len(left) != len(right) and res.stopped_at is None:
         res.mismatches.append(Mismatch(min(len(left), len(right)), 0, "", "", "steps", len(left), len(right)))
     return res
-
-
-def thp_deltas(steps: list[StepObs]) -> dict[str, int]:
-    """thp_* counters at the end of a run (changes since the trace start)."""
-    return dict(steps[-1].vmstat) if steps else {}

@@ -11,11 +11,10 @@ either side of it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 
-from thpsim.errors import ThpsimError
 from thpsim.trace import format as tf
+from thpsim.trace.record import load_vmpte
 
 
 @dataclass(frozen=True)
@@ -66,24 +65,11 @@ class Agreement:
         return sum(1 for p in self.points if abs(p.error_kb) <= tolerance_kb) / len(self.points)
 
 
-def load_samples(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except OSError as e:
-        raise ThpsimError(f"cannot read {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ThpsimError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(d, dict) or "samples" not in d:
-        raise ThpsimError(f"{path}: not a thpsim VmPTE sample file (no 'samples')")
-    return d
-
-
 def vmpte_agreement(trace_path: str, samples_path: str | None = None) -> Agreement:
     from thpsim.model.engine import run_model
 
     trace = tf.load(trace_path)
-    d = load_samples(samples_path or trace_path + ".vmpte.json")
+    d = load_vmpte(samples_path or trace_path + ".vmpte.json")
     run = run_model(trace, design="upstream", observe="status")
     # model VmPTE per proc after ops[:i] (i = 0 means before any op)
     per_step: list[dict[str, int]] = [{}]

@@ -17,18 +17,15 @@ What is measured (per trace, per design), all from the observation stream of the
 * data-contract violations (shadow memory), each with the step and trace line where it first appeared;
 * op results that were errors (``ENOMEM``, ``OOM``, ``SIGSEGV``, ``LIVELOCK``...).
 
-Data-contract checking: comparing shadow memory against the model walks every resident page of every process,
-so doing it after every step is quadratic (minutes per recorded example trace). ``contract="failures"`` (the
-default) keeps the shadow up to date on every step but compares it only where the result can change: after a
-step in which an allocation failed, a split failed or a retry loop gave up; while violations exist, after every
-op that can copy, move, discard or overwrite them (everything but reads, and writes that miss the violating
-ranges); and after the last step. On the non-failing path the designs agree with the shadow (the model's own
-tests check that), so a violation first appears at a failing step. ``contract="every"`` compares after every
-step as ``run_model(shadow=True)`` does (the tests check that both give the same report); ``"off"`` skips it.
+Data-contract checking: ``contract="op"`` (the default) uses the engine's op-scoped shadow check: after each
+step only the range the op touched is compared (forks, exits and kernel-wide ops compare everything), so a
+violation is found at the step that causes it and the cost stays linear. ``contract="every"`` compares every
+page of every process after every step (quadratic; the tests check that both give the same report); ``"off"``
+skips it.
 
-A violation is counted once, at the step where it appears: shadow.compare() describes the current state, so
-the same stale pages are reported after every checked step (with a changing text as the user overwrites part
-of them); a report counts as new only if it names pages that were not violating at the previous check.
+A violation is counted once, at the step where it first appears: a later check of the same stale pages (a read
+over them, a fork) reports them again, possibly with a changed text, so a report counts as new only if it names
+pages that were not already known to violate.
 """
 
 from __future__ import annotations
@@ -55,7 +52,7 @@ from thpsim.observation import StepObs
 from thpsim.trace import format as fmt
 
 REPORT_FORMAT = 1
-CONTRACT_MODES = ("failures", "every", "off")
+CONTRACT_MODES = ("op", "every", "off")
 DEFAULT_DESIGNS: tuple[str, ...] = ("upstream", "lazy", *VARIANTS)
 MAX_LISTED = 50          # violations / op errors listed per run (the counts are always complete)
 _TABLE_SITES = ("pte_alloc_one", "__pte_alloc")
@@ -148,7 +145,7 @@ class ReportData:
     arch: str = "x86_64"
     pressure: dict[str, Any] | None = None   # the FailPolicy fields, if a pressure pass was run
     knobs: dict[str, Any] | None = None      # the Knobs fields, if not the defaults
-    contract: str = "failures"
+    contract: str = "op"
     thpsim_version: str = __version__
     format: int = REPORT_FORMAT
     design_descriptions: dict[str, str] = field(default_factory=dict)
@@ -159,75 +156,6 @@ class ReportData:
 
 
 # ------------------------------------------------------------------------------------------------ replay
-class _ReportSimulator(Simulator):
-    """The engine's Simulator with a lean observation (the /proc status values and the counters; no smaps or
-    page-map walk, which is O(resident pages) per step) and a data-contract check gated by ``contract``.
-
-    Gating works without copying :meth:`Simulator.step`: ``_do`` runs the op with the shadow attached (so the
-    shadow always follows the trace) and, if this step need not be checked, detaches it so that ``step`` skips
-    the comparison; ``observe`` (called last by ``step``) attaches it again. Should ``step`` ever be reordered,
-    this degrades to checking every step, never to checking less.
-    """
-
-    def __init__(self, k: Any, *, contract: str, n_ops: int) -> None:
-        super().__init__(k, shadow=contract != "off", shadow_scope="all", observe="status")
-        self.contract = contract
-        self.n_ops = n_ops
-        self._parked: Any = None
-        self._index = -1
-        self.checked = False          # was the data contract checked after the last step?
-        self.violating = False        # did the last check find violations?
-        self.vranges: dict[str, list[tuple[int, int]]] = {}   # ... where (None: some report has no range)
-        self.unranged = False
-
-    def _needs_check(self, op: fmt.Op, log_start: int, livelock: bool) -> bool:
-        if self.contract == "every" or livelock or self._index == self.n_ops - 1:
-            return True
-        if self.violating:
-            # existing violations may be copied (fork), moved (mremap), discarded (munmap, DONTNEED) or repaired
-            # (a write over the stale pages); only reads and writes elsewhere cannot change them
-            if op.kind == "write":
-                if self.unranged or any(a < op.end and op.start < b for a, b in self.vranges.get(op.proc, ())):
-                    return True
-            elif op.kind not in _CONTENT_ONLY_OPS:
-                return True
-        k = self.k
-        if k.log.failed_sites or not k.alloc.keep_log:
-            return True
-        return any(not r.ok for r in k.alloc.log[log_start:])
-
-    def step(self, i: int, op: fmt.Op) -> StepObs:
-        self._index = i
-        self.checked = self.shadow is not None
-        return super().step(i, op)
-
-    def _do(self, op: fmt.Op) -> tuple[int | str | None, str | None]:
-        if self.shadow is None:
-            return super()._do(op)
-        start = len(self.k.alloc.log)
-        livelock = True
-        try:
-            out = super()._do(op)
-            livelock = False
-            return out
-        finally:
-            if not self._needs_check(op, start, livelock):
-                self._parked, self.shadow = self.shadow, None
-                self.checked = False
-
-    def observe(self, i: int, op: fmt.Op, result: int | str | None, data: str | None,
-                violations: list[str]) -> StepObs:
-        if self._parked is not None:
-            self.shadow, self._parked = self._parked, None
-        if self.checked:
-            self.violating = bool(violations)
-            self.vranges = _violation_ranges(tuple(violations))
-            self.unranged = any(_violation_range(v) is None for v in violations)
-        return super().observe(i, op, result, data, violations)
-
-
-# ops that only read or write user data: they cannot copy, move or discard an existing violation
-_CONTENT_ONLY_OPS = frozenset({"read", "write", "expect"})
 _VIOLATION_RE = re.compile(r"^(?P<proc>[^:\s]+): \[(?P<lo>[^,\]]+), (?P<hi>[^)\]]+)\): ")
 
 
@@ -290,13 +218,14 @@ def _replay(trace: fmt.Trace, design: str, *, arch: str, knobs: Knobs | None, po
             contract: str, pressure: bool) -> DesignResult:
     """Replay one trace under one design and reduce the observation stream to a :class:`DesignResult`."""
     k = make_kernel(design=design, arch=arch, knobs=knobs, policy=policy, overrides=trace.header.kernel)
-    sim = _ReportSimulator(k, contract=contract, n_ops=len(trace.ops))
+    sim = Simulator(k, shadow=contract != "off", shadow_scope="all" if contract == "every" else "op",
+                    observe="status")
     res = DesignResult(design=design, pressure=pressure, steps=len(trace.ops))
     split_sites: Counter[str] = Counter()
     failed_sites: Counter[str] = Counter()
     errs: Counter[str] = Counter()
-    before: set[str] = set()                           # the reports of the previous check
-    before_ranges: dict[str, list[tuple[int, int]]] = {}
+    seen: set[str] = set()                              # every report so far
+    seen_ranges: dict[str, list[tuple[int, int]]] = {}  # ... and the pages they named
     last: int | None = None
     obs: StepObs | None = None
     for i, op in enumerate(trace.ops):
@@ -312,12 +241,13 @@ def _replay(trace: fmt.Trace, design: str, *, arch: str, knobs: Knobs | None, po
         res.peak_anon_huge_kb = max(res.peak_anon_huge_kb, mi.get("AnonHugePages", 0))
         split_sites.update(k.log.split_sites)
         failed_sites.update(k.log.failed_sites)
-        if sim.checked:
-            for v in _new_violations(obs.violations, before, before_ranges):
-                res.violation_count += 1
-                if len(res.violations) < MAX_LISTED:
-                    res.violations.append(Violation(i, op.line, v))
-            before, before_ranges = set(obs.violations), _violation_ranges(obs.violations)
+        for v in _new_violations(obs.violations, seen, seen_ranges):
+            res.violation_count += 1
+            if len(res.violations) < MAX_LISTED:
+                res.violations.append(Violation(i, op.line, v))
+        seen.update(obs.violations)
+        for proc, rs in _violation_ranges(obs.violations).items():
+            seen_ranges.setdefault(proc, []).extend(rs)
         if isinstance(obs.result, str):
             errs[obs.result] += 1
             if len(res.op_errors) < MAX_LISTED:
@@ -364,7 +294,7 @@ def _one_line(e: BaseException) -> str:
 def build_report(paths: list[str], *, designs: tuple[str, ...] = DEFAULT_DESIGNS,
                  pressure: FailPolicy | None = None, arch: str = "x86_64",
                  progress: Progress | None = None, knobs: Knobs | None = None,
-                 contract: str = "failures") -> ReportData:
+                 contract: str = "op") -> ReportData:
     """Replay every trace in *paths* under every design in *designs* and collect the report data.
 
     A trace that cannot be loaded becomes an entry with ``error`` set (one line naming file:line); the others are

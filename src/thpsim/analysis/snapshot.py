@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from thpsim.errors import ProcError, ThpsimError
+from thpsim.live import procfs
 
 FORMAT_NAME = "thpsim-snapshot"
 FORMAT_VERSION = 1
@@ -49,7 +50,6 @@ MEMINFO_REQUIRED = ("MemTotal", "PageTables", "AnonHugePages")
 ROLLUP_REQUIRED = ("Rss", "Anonymous", "AnonHugePages")
 
 _KB_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_()]*):\s+(\d+)(?: kB)?$")
-_VMSTAT_LINE = re.compile(r"^([a-z0-9_]+) (-?\d+)$")
 _VMA_HEADER = re.compile(r"^[0-9a-f]+-[0-9a-f]+ \S{4} [0-9a-f]+ \S+ \d+")
 
 
@@ -421,25 +421,14 @@ def _check_size(src: _Source, rel: str, sizes: dict[str, int]) -> None:
 
 
 def _parse_kb(src: _Source, rel: str, text: str, required: tuple[str, ...], *,
-              skip_first: bool = False, lenient: bool = False) -> dict[str, int]:
-    """Parse ``Key:   123 kB`` lines. Non-matching lines are an error unless ``lenient``."""
+              skip_first: bool = False) -> dict[str, int]:
+    """``Key:   123 kB`` lines (meminfo, smaps_rollup after its VMA header) via the live side's /proc parser."""
     _check_lines(src, rel, text)
-    out: dict[str, int] = {}
-    lines = text.splitlines()
     if skip_first:
-        if not lines or not _VMA_HEADER.match(lines[0]):
+        first, _nl, text = text.partition("\n")
+        if not _VMA_HEADER.match(first):
             raise ProcError(f"{src.where(rel)}: corrupt (first line is not a VMA header)")
-        lines = lines[1:]
-    for n, ln in enumerate(lines, start=2 if skip_first else 1):
-        m = _KB_LINE.match(ln)
-        if m:
-            out[m.group(1)] = int(m.group(2))
-        elif not lenient:
-            raise ProcError(f"{src.where(rel)}: corrupt line {n}: {ln[:60]!r}")
-    for k in required:
-        if k not in out:
-            raise ProcError(f"{src.where(rel)}: truncated or corrupt (no {k} line)")
-    return out
+    return procfs.parse_flat(text, src.where(rel), kb=True, required=required)
 
 
 def _parse_status(src: _Source, rel: str, text: str) -> dict[str, str]:
@@ -606,13 +595,7 @@ def _check_size_or_missing(src: _Source, rel: str, sizes: dict[str, int]) -> Non
 
 def _parse_vmstat(src: _Source, text: str) -> dict[str, int]:
     _check_lines(src, "vmstat", text)
-    out: dict[str, int] = {}
-    for n, ln in enumerate(text.splitlines(), start=1):
-        m = _VMSTAT_LINE.match(ln)
-        if not m:
-            raise ProcError(f"{src.where('vmstat')}: corrupt line {n}: {ln[:60]!r}")
-        out[m.group(1)] = int(m.group(2))
-    return out
+    return procfs.parse_flat(text, src.where("vmstat"))
 
 
 def load_snapshot(path: str) -> Snapshot:

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from thpsim.errors import ProcError
 from thpsim.live import syscalls as S
 from thpsim.observation import Run, merge_runs
-from thpsim.trace.format import ARENA_BASE, ARENA_SIZE
 
 PAGE = S.PAGE_SIZE
 _SCAN_ANY = S.PAGE_IS_PRESENT | S.PAGE_IS_SWAPPED | S.PAGE_IS_GUARD
@@ -154,9 +153,3 @@ class PagemapReader:
         # PAGEMAP_SCAN wants page-aligned bounds (EINVAL otherwise); sub-page accesses are rounded out
         lo, hi = start - start % PAGE, -(-end // PAGE) * PAGE
         return [(s, e) for s, e, c in self.scan(lo, hi) if c & S.PAGE_IS_GUARD]
-
-
-def arena_runs(pid: int | str = "self") -> tuple[Run, ...]:
-    """Runs of the whole arena of ``pid`` (addresses are arena offsets)."""
-    with PagemapReader(pid) as r:
-        return r.runs(ARENA_BASE, ARENA_BASE + ARENA_SIZE, base=ARENA_BASE)

@@ -25,6 +25,7 @@ from thpsim.model import (
     khugepaged,
     madvise,
     memory,
+    migrate_device,
     mlock,
     mmap,
     mprotect,
@@ -35,7 +36,7 @@ from thpsim.model import (
 )
 from thpsim.model.arch import get_arch
 from thpsim.model.design import get_design
-from thpsim.model.folio import content_write
+from thpsim.model.folio import content_write, read_digest
 from thpsim.model.huge_memory import deferred_split_scan
 from thpsim.model.kernel import Kernel, StepLog
 from thpsim.model.knobs import Knobs
@@ -130,7 +131,6 @@ class Simulator:
             if errs:
                 prefix = "\n".join(dumps_op(o) for o in self.ops_done)
                 raise InvariantViolation("; ".join(errs[:5]), step=i, trace_prefix=prefix)
-        k.log.violations = violations
         return self.observe(i, op, result, data, violations)
 
     def _scope(self, op: Op) -> list[tuple[int, int]] | None:
@@ -224,8 +224,6 @@ class Simulator:
                     new = content_write(old, None if full else dict.fromkeys(offsets or {}, op.byte),
                                         op.byte if full else None)
                     sh.write(op.proc, pg, new, "write")
-            from thpsim.model.folio import read_digest
-
             return res, (read_digest(raw) if kind == "read" and res == 0 else None)
         if kind == "fork":
             rc = fork.do_fork(k, mm, op.child)
@@ -271,8 +269,6 @@ class Simulator:
         if kind == "pagemap_scan_wp":
             return _result(task_mmu.pagemap_scan_wp(k, mm, a, a + op.length)), None
         if kind == "migrate":
-            from thpsim.model import migrate_device
-
             return _result(migrate_device.migrate_vma(k, mm, a, a + op.length)), None
         if kind == "expect":
             return None, None

@@ -310,7 +310,6 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
     mappings = rmap.rmap_walk(k, f)
     small: dict[int, Folio] = {}
     kept = 0
-    was_partial = f.partially_mapped
     for mm, addr, kind in mappings:
         assert kind == "pte"
         pte = mm.pt.get_pte(addr)
@@ -322,7 +321,6 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
             # remove_migration_pte with RMP_USE_SHARED_ZEROPAGE: map the zero page, drop the RSS page
             pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_ZERO, None, 0, False, False
             mm.anon_pages -= 1
-            k.vmstat.nr_anon_pages -= 0  # accounted below per folio
             continue
         nf = small.get(i)
         if nf is None:
@@ -342,8 +340,6 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
     f.nr_pages_mapped = 0
     k.vmstat.count("thp_split_page")
     k.vmstat.mthp["split"] += 1
-    if was_partial:
-        pass
     k.folio_free(f)          # returns all 512 pages ...
     k.alloc.pages_in_use += kept  # ... of which the surviving order-0 folios keep theirs
     k.alloc.peak_pages = max(k.alloc.peak_pages, k.alloc.pages_in_use)
@@ -369,13 +365,10 @@ def deferred_split_scan(k: Kernel) -> int:
         if f.partially_mapped:
             if split_folio(k, f, caller="deferred_split_scan"):
                 done += 1
-        elif thp_underused(k, f):
-            if split_folio(k, f, caller="deferred_split_scan"):
-                k.vmstat.count("thp_underused_split_page")
-                done += 1
-        else:
-            # not partially mapped and not underused: stays queued (kernel: put back on the list)
-            pass
+        elif thp_underused(k, f) and split_folio(k, f, caller="deferred_split_scan"):
+            k.vmstat.count("thp_underused_split_page")
+            done += 1
+        # otherwise the folio stays queued (the kernel puts it back on the list)
     return done
 
 

@@ -47,7 +47,6 @@ class StepLog:
     split_sites: list[str] = field(default_factory=list)      # where PMD splits came from
     failed_sites: list[str] = field(default_factory=list)     # where split allocations failed
     notes: list[str] = field(default_factory=list)
-    violations: list[str] = field(default_factory=list)
 
 
 class Kernel:

@@ -121,11 +121,6 @@ class VmaTree:
             raise KeyError(v)
         return i
 
-    def reindex(self) -> None:
-        pairs = sorted(zip(self._starts, self._vmas, strict=True), key=lambda p: p[1].start)
-        self._vmas = [v for _s, v in pairs]
-        self._starts = [v.start for v in self._vmas]
-
     def find(self, addr: int) -> Vma | None:
         """The VMA containing addr."""
         i = bisect.bisect_right(self._starts, addr) - 1

@@ -465,10 +465,8 @@ def _op(obj: dict[str, Any], line: int, handles: dict[str, tuple[int, int]], pla
         procs.add(child)
         kw["child"] = child
     elif kind == "exit":
-        if proc == "main":
-            # main's exit ends the trace: allowed only as the last op; nothing can follow
-            pass
-        dead.add(proc)
+        # main's exit ends the trace: every process exits with it, and no op can follow
+        dead.update(procs if proc == "main" else {proc})
     if "dontunmap" in kw.get("flags", ()) and kind == "mremap" and kw["new_length"] != kw["length"]:
         raise TraceError("MREMAP_DONTUNMAP needs new_len == len (Linux returns EINVAL)", line=line, field="new_len")
     return Op(**kw)
@@ -536,13 +534,15 @@ def dumps(trace: Trace) -> str:
 
 
 def expectation_for(op: Op, design: str) -> dict[str, Any]:
-    """The op's expected results for one design: flat keys apply to all designs, {design: {...}} to one."""
+    """The op's expected results for one design: flat keys apply to all designs, {design: {...}} to one (and
+    win over a flat key of the same name)."""
     out: dict[str, Any] = {}
+    mine: dict[str, Any] = {}
     for k, v in op.expect:
-        if isinstance(v, tuple) and v and all(isinstance(x, tuple) and len(x) == 2 for x in v) and k not in (
-                "result",):
-            if k == design:
-                out.update({kk: _thaw(vv) for kk, vv in v})
-        else:
+        nested = isinstance(v, tuple) and bool(v) and all(isinstance(x, tuple) and len(x) == 2 for x in v)
+        if not nested:
             out[k] = _thaw(v)
+        elif k == design:
+            mine = {kk: _thaw(vv) for kk, vv in v}
+    out.update(mine)
     return out
