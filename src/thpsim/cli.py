@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -168,68 +168,83 @@ def _report_expectations(trace: Any, steps: Sequence[Any], design: str, as_json:
 
 
 def cmd_live(args: argparse.Namespace) -> int:
-    from thpsim.live.env import skip_reason
-    from thpsim.live.runner import run_live
+    from thpsim.lab.remote import jsonl_lines, observe
     from thpsim.observation import to_dict
 
-    trace = _load(args.trace)
-    why = skip_reason()
-    if why:
-        raise ThpsimError(f"cannot run on the live kernel: {why}")
-    steps = run_live(trace, allow_sysfs=args.allow_sysfs)
+    if args.jsonl:          # the batch stream the lab's diff reads (one JSON object per line)
+        if args.kernel not in (None, "host"):
+            raise ThpsimError("--jsonl prints this kernel's stream; drop --kernel (thpsim diff --kernel reads it)")
+        for line in jsonl_lines(args.traces):
+            _out(line)
+        return EXIT_OK
+    batch = observe(args.traces, kernel=args.kernel, guest=_guest_config(args) if args.kernel else None,
+                    stderr=sys.stderr.buffer)
+    worst = EXIT_OK
+    docs = []
+    for path in args.traces:
+        trace = _load(path)
+        tl = batch.get(path)
+        if tl.error and not tl.steps:
+            raise ThpsimError(tl.error)
+        if args.json:
+            docs.append({"trace": trace.header.name or path, "kernel": batch.env.kernel_release,
+                         "steps": [to_dict(s) for s in tl.steps], "error": tl.error})
+        else:
+            _out(format_steps(trace, tl.steps, title=f"{trace.header.name or path}: live kernel "
+                                                      f"{batch.env.kernel_release} ({batch.kernel})"))
+            if tl.error:
+                _out(f"live run stopped: {tl.error}")
+        worst = max(worst, _report_expectations(trace, tl.steps, "upstream", args.json),
+                    EXIT_DIFF if tl.error else EXIT_OK)
     if args.json:
-        _json({"trace": trace.header.name or args.trace, "steps": [to_dict(s) for s in steps]})
-    else:
-        _out(format_steps(trace, steps, title=f"{trace.header.name or args.trace}: live kernel "
-                                              f"{os.uname().release}"))
-    return _report_expectations(trace, steps, "upstream", args.json)
+        _json(docs[0] if len(docs) == 1 else docs)
+    return worst
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    from thpsim.analysis.diff import diff_steps
-    from thpsim.live.env import detect, skip_reason
-    from thpsim.live.runner import run_live
-    from thpsim.model.engine import run_model
-    from thpsim.trace.format import MODEL_ONLY_OPS
+    from thpsim.analysis.diff import diff_live
+    from thpsim.model.design import get_design
 
-    why = skip_reason()
-    if why:
-        raise ThpsimError(f"cannot diff against the live kernel: {why}")
-    env = detect()
-    knobs = env.knobs()
-    if env.unsupported and not args.json:
-        for u in env.unsupported:
-            sys.stderr.write(f"thpsim: note: the model does not support this kernel setting: {u}\n")
+    get_design(args.design)
+    guest = _guest_config(args) if args.kernel else None
+    traces = {path: _load(path) for path in args.traces}
     results = []
     worst = EXIT_OK
-    for path in args.traces:
-        trace = _load(path)
-        model = run_model(trace, design="upstream", knobs=knobs, check=True)
-        for rnd in range(args.runs):
-            live = run_live(trace)
-            d = diff_steps(model.steps, live, model_only_ops=MODEL_ONLY_OPS, compare_globals=not args.ignore_globals)
-            if d.background_collapse is not None:   # khugepaged ran on its own during this run: one more try
-                live = run_live(trace)
-                d = diff_steps(model.steps, live, model_only_ops=MODEL_ONLY_OPS,
-                               compare_globals=not args.ignore_globals)
-            results.append({"trace": path, "run": rnd + 1, "identical": d.identical,
-                            "compared_steps": d.compared_steps, "note": d.note,
+    env = None
+    for rnd in range(args.runs):
+        env, diffs = diff_live(traces, design=args.design, kernel=args.kernel, guest=guest,
+                               compare_globals=not args.ignore_globals, stderr=sys.stderr.buffer)
+        if rnd == 0 and env.unsupported and not args.json:
+            for u in env.unsupported:
+                sys.stderr.write(f"thpsim: note: the model does not support this kernel setting: {u}\n")
+        for td in diffs:
+            d = td.diff
+            results.append({"trace": td.path, "run": rnd + 1, "identical": td.identical,
+                            "compared_steps": d.compared_steps, "note": td.note,
                             "mismatches": [dataclasses.asdict(m) for m in d.exact],
                             "noisy": [dataclasses.asdict(m) for m in d.noisy]})
-            if not d.identical:
+            if not td.identical:
                 worst = EXIT_DIFF
             if not args.json:
-                state = "identical" if d.identical else f"DIFFERENT ({len(d.exact)} mismatches)"
-                extra = f" [{d.note}]" if d.note else ""
-                _out(f"{path} (run {rnd + 1}): {state}, {d.compared_steps} steps compared, "
+                state = "identical" if td.identical else f"DIFFERENT ({len(d.exact)} mismatches)"
+                extra = f" [{td.note}]" if td.note else ""
+                _out(f"{td.path} (run {rnd + 1}): {state}, {d.compared_steps} steps compared, "
                      f"{len(d.noisy)} noisy global differences{extra}")
                 for m in d.exact[:args.max_show]:
                     _out("  " + m.describe())
                 if args.verbose:
                     for m in d.noisy[:args.max_show]:
                         _out("  " + m.describe())
+    assert env is not None
+    n_same = sum(r["identical"] for r in results)
+    where = f"lab guest {args.kernel}" if args.kernel else "this host"
     if args.json:
-        _json({"kernel": env.kernel_release, "unsupported": list(env.unsupported), "results": results})
+        _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
+               "unsupported": list(env.unsupported), "identical": n_same, "runs": len(results),
+               "results": results})
+    else:
+        _out(f"{n_same}/{len(results)} runs identical (model design {args.design}; kernel "
+             f"{env.kernel_release} on {where})")
     return worst
 
 
@@ -479,6 +494,108 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_lab(args: argparse.Namespace) -> int:
+    return {"build": _lab_build, "list": _lab_list, "run": _lab_run}[args.lab_command](args)
+
+
+class _Progress:
+    """One status line for long lab steps: rewritten in place on a terminal, every 30 s otherwise."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+        self.step = ""
+
+    def __call__(self, step: str, detail: str) -> None:
+        now = time.monotonic()
+        el = int(now - self.t0)
+        line = f"thpsim lab: [{el // 60:d}:{el % 60:02d}] {step}: {detail}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line[:150])
+        elif step != self.step or now - self.last >= 30:
+            sys.stderr.write(line + "\n")
+            self.last = now
+        self.step = step
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty and self.step:
+            sys.stderr.write("\n")
+
+
+def _lab_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thpsim.lab.build import build_kernel
+    from thpsim.lab.kernels import get_kernel
+
+    spec = get_kernel(args.kernel)
+    prog = _Progress()
+    try:
+        bk = build_kernel(spec, series=Path(args.series) if args.series else None, name=args.name,
+                          jobs=args.jobs, progress=prog, force=args.force)
+    finally:
+        prog.end()
+    if args.json:
+        _json(bk)
+    else:
+        _out(f"{bk.name}: {bk.image} ({spec.description}; {bk.package_version}"
+             + (f", series {bk.series} sha256 {bk.series_sha256[:12]}" if bk.series_sha256 else "")
+             + f"; built in {bk.build_seconds:.0f} s)")
+    return EXIT_OK
+
+
+def _lab_list(args: argparse.Namespace) -> int:
+    from thpsim.lab.build import find_built
+    from thpsim.lab.kernels import KERNELS
+
+    rows = []
+    for spec in KERNELS.values():
+        bk = find_built(spec.name)
+        rows.append({"name": spec.name, "kind": spec.kind, "version": spec.version, "arch": spec.arch,
+                     "description": spec.description, "built": bk.image if bk else None})
+    if args.json:
+        _json(rows)
+    else:
+        for r in rows:
+            _out(f"{r['name']:<14} {r['kind']:<6} {r['arch']:<8} {'built' if r['built'] else 'not built':<9} "
+                 f"{r['description']}")
+        _out(f"{'host':<14} (this machine: commands run here as they are)")
+    return EXIT_OK
+
+
+def _lab_run(args: argparse.Namespace) -> int:
+    from thpsim.lab.guest import run_in_guest
+
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise ThpsimError("lab run needs a command after --, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")
+    res = run_in_guest(args.kernel, cmd, _guest_config(args), stdout=sys.stdout.buffer,
+                       stderr=sys.stderr.buffer)
+    if args.json:
+        sys.stderr.write(json.dumps(dataclasses.asdict(res)) + "\n")
+    return res.returncode
+
+
+def _guest_config(args: argparse.Namespace) -> Any:
+    from thpsim.lab.guest import GuestConfig
+    from thpsim.trace.format import parse_size
+
+    sysfs = []
+    for kv in args.sysfs:
+        if "=" not in kv:
+            raise ThpsimError(f"--sysfs takes PATH=VALUE (got {kv!r}), e.g. "
+                              "--sysfs kernel/mm/transparent_hugepage/use_zero_page=0")
+        path, val = kv.split("=", 1)
+        sysfs.append((path, val))
+    return GuestConfig(cpus=args.cpus, memory_mb=parse_size(args.memory) // (1 << 20),
+                       swap_mb=parse_size(args.swap) // (1 << 20) if args.swap else 0, thp=args.thp,
+                       sysfs=tuple(sysfs), accel=args.accel, timeout=args.timeout)
+
+
 # ---- parser -------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="thpsim", description="Executable model of Linux anonymous-THP page-table "
@@ -504,14 +621,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="directory for demo.png (default: current directory)")
     p.add_argument("--no-live", action="store_true", help="do not validate against the live kernel")
 
-    p = add("live", cmd_live, "run a trace on the running kernel and print the same observations")
-    p.add_argument("trace")
-    p.add_argument("--allow-sysfs", action="store_true",
-                   help="allow temporary, restored sysfs changes (no op needs one yet: khugepaged passes stay "
-                        "model-only, so this currently changes nothing)")
+    p = add("live", cmd_live, "run traces on the running kernel (or in a lab guest) and print the observations")
+    p.add_argument("traces", nargs="+")
+    p.add_argument("--jsonl", action="store_true", help="one JSON object per line: the kernel environment, then "
+                   "one per trace (what thpsim diff --kernel reads from a guest)")
+    p.add_argument("--kernel", help="run inside this lab guest (thpsim lab list) instead of on this kernel")
+    _add_guest_opts(p)
 
     p = add("diff", cmd_diff, "run traces on the model and the live kernel; exit 0 only when identical")
     p.add_argument("traces", nargs="+")
+    p.add_argument("--design", default="upstream", help="the model's design (lazy for a kernel with the series)")
+    p.add_argument("--kernel", help="observe inside this lab guest (thpsim lab list) instead of this kernel")
+    _add_guest_opts(p)
     p.add_argument("--runs", type=int, default=1, help="live runs per trace (default 1)")
     p.add_argument("--ignore-globals", action="store_true", help="compare per-process values only (busy hosts)")
     p.add_argument("--max-show", type=int, default=20)
@@ -596,7 +717,41 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("validate", cmd_validate, "check that a trace parses")
     p.add_argument("trace")
+
+    p = add("lab", cmd_lab, "the kernel lab: build guest kernels and run thpsim commands inside QEMU guests")
+    lab = p.add_subparsers(dest="lab_command", required=True)
+    lb = lab.add_parser("build", help="fetch, patch, configure and build a guest kernel (cached)")
+    lb.add_argument("kernel", help="a named lab kernel (thpsim lab list)")
+    lb.add_argument("--series", metavar="DIR|MBOX", help="patch series to apply (a folder of *.patch, an mbox "
+                    "as `b4 am` writes it, or one diff); default: the named kernel's own")
+    lb.add_argument("--name", help="cache the result under this name (default: KERNEL)")
+    lb.add_argument("-j", "--jobs", type=int, help="make -jN (default: CPUs)")
+    lb.add_argument("--force", action="store_true", help="rebuild even when a cached build matches")
+    lb.add_argument("--json", action="store_true", help="machine-readable output")
+    ll = lab.add_parser("list", help="the named kernels and which are built")
+    ll.add_argument("--json", action="store_true", help="machine-readable output")
+    lr = lab.add_parser("run", help="boot a guest kernel and run a thpsim command inside it",
+                        description="boot KERNEL under QEMU (host / read-only over 9p, scratch in guest RAM) and "
+                        "run CMD there, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")
+    lr.add_argument("kernel", help="a built lab kernel, or 'host' to run CMD here")
+    _add_guest_opts(lr)
+    lr.add_argument("--json", action="store_true", help="print the run's summary as JSON on stderr's last line")
+    lr.add_argument("cmd", nargs=argparse.REMAINDER, help="-- thpsim COMMAND ... (or any program)")
     return ap
+
+
+def _add_guest_opts(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("guest")
+    g.add_argument("--cpus", type=int, default=2, help="vCPUs (default 2)")
+    g.add_argument("--memory", default="2G", help="guest RAM (default 2G)")
+    g.add_argument("--swap", metavar="SIZE", help="a zram swap device of SIZE inside the guest, e.g. 1G")
+    g.add_argument("--thp", choices=("always", "madvise", "never"), help="THP enabled mode inside the guest")
+    g.add_argument("--sysfs", action="append", metavar="PATH=VALUE", default=[],
+                   help="a sysfs/procfs value to set inside the guest before the command, e.g. "
+                   "kernel/mm/transparent_hugepage/use_zero_page=0 (relative to /sys)")
+    g.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto",
+                   help="KVM when it works (probed once and remembered), else TCG")
+    g.add_argument("--timeout", type=float, default=3600.0, help="watchdog: kill the guest after S seconds")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

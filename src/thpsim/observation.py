@@ -117,8 +117,8 @@ def from_dict(d: dict[str, Any]) -> StepObs:
     )
     return StepObs(
         step=d["step"], line=d["line"], op=d["op"], proc=d["proc"], result=d.get("result"), data=d.get("data"),
-        procs=procs, vmstat=tuple(sorted(d.get("vmstat", {}).items())),
-        meminfo=tuple(sorted(d.get("meminfo", {}).items())), notes=tuple(d.get("notes", ())),
+        procs=procs, vmstat=tuple(sorted(dict(d.get("vmstat") or {}).items())),
+        meminfo=tuple(sorted(dict(d.get("meminfo") or {}).items())), notes=tuple(d.get("notes", ())),
         violations=tuple(d.get("violations", ())),
     )
 

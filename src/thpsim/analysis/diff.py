@@ -90,7 +90,11 @@ def _fmt_runs(p: ProcObs) -> list[str]:
 
 
 def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: frozenset[str] = frozenset(),
-               compare_globals: bool = True) -> DiffResult:
+               compare_globals: bool = True,
+               skip_counters: frozenset[str] = frozenset({"thp_split_pmd_failed"})) -> DiffResult:
+    """Compare two observation streams step by step. ``skip_counters`` are vmstat counters one side cannot
+    have: by default ``thp_split_pmd_failed``, which only a kernel with the lazy-PTE series counts; pass an
+    empty set for such a kernel so that failed splits are compared too."""
     res = DiffResult()
     for a, b in zip(left, right, strict=False):
         if a.op in model_only_ops:
@@ -118,7 +122,7 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
             for kind, xs, ys in (("vmstat", dict(a.vmstat), dict(b.vmstat)), ("meminfo", dict(a.meminfo),
                                                                                dict(b.meminfo))):
                 for key in sorted(xs.keys() | ys.keys()):
-                    if key == "thp_split_pmd_failed":
+                    if key in skip_counters:
                         continue
                     if xs.get(key, 0) != ys.get(key, 0):
                         noisy = kind == "meminfo" or key in NOISY_ALWAYS
@@ -127,3 +131,56 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
     if len(left) != len(right) and res.stopped_at is None:
         res.mismatches.append(Mismatch(min(len(left), len(right)), 0, "", "", "steps", len(left), len(right)))
     return res
+
+
+@dataclass(frozen=True)
+class TraceDiff:
+    """One trace's model-vs-live comparison, after the one retry policy (:func:`diff_live`)."""
+
+    path: str
+    diff: DiffResult
+    live_error: str | None
+    retried: bool
+
+    @property
+    def identical(self) -> bool:
+        return self.diff.identical and not self.live_error
+
+    @property
+    def note(self) -> str:
+        return "; ".join(x for x in (self.diff.note, self.live_error or "") if x)
+
+
+def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str | None = None, guest: Any = None,
+              compare_globals: bool = True, stderr: Any = None) -> tuple[Any, list[TraceDiff]]:
+    """Run ``traces`` (path -> Trace) live (here, or inside the lab guest ``kernel``) and on the model
+    configured like that kernel with ``design``; compare step by step.
+
+    The retry policy lives here only: a trace during whose live run the kernel's own khugepaged collapsed
+    a range (``DiffResult.background_collapse``) is observed once more. Returns (the kernel's LiveEnv, diffs).
+    """
+    from thpsim.lab.remote import observe
+    from thpsim.model.engine import run_model
+    from thpsim.trace.format import MODEL_ONLY_OPS
+
+    paths = list(traces)
+    batch = observe(paths, kernel=kernel, guest=guest, stderr=stderr)
+    env = batch.env
+    knobs = env.knobs()
+    skip = frozenset() if env.has_split_pmd_failed else frozenset({"thp_split_pmd_failed"})
+    models = {p: run_model(t, design=design, knobs=knobs, check=True) for p, t in traces.items()}
+    out: dict[str, TraceDiff] = {}
+    for p in paths:
+        tl = batch.get(p)
+        d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
+                       compare_globals=compare_globals, skip_counters=skip)
+        out[p] = TraceDiff(p, d, tl.error, False)
+    again = [p for p, td in out.items() if td.diff.background_collapse is not None]
+    if again:
+        batch2 = observe(again, kernel=kernel, guest=guest, stderr=stderr)
+        for p in again:
+            tl = batch2.get(p)
+            d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
+                           compare_globals=compare_globals, skip_counters=skip)
+            out[p] = TraceDiff(p, d, tl.error, True)
+    return env, [out[p] for p in paths]
