@@ -2,7 +2,13 @@
 
 :func:`detect` returns a frozen :class:`LiveEnv`; :meth:`LiveEnv.knobs` turns it into the model's
 :class:`~thpsim.model.knobs.Knobs`; :func:`skip_reason` tells tests why the live engine cannot run here.
-Nothing here writes anything or prints.
+
+Kernel features (table: :data:`thpsim.live.features.KERNEL_FEATURES`) are detected, not inferred from the
+release: the pagemap interfaces by :func:`thpsim.live.pagemap.probe_pagemap` (one private page of this
+process, mapped, scanned, guarded and unmapped), the rest by which files and counters exist. What the live
+engine must do without is listed in :attr:`LiveEnv.notes` (:func:`feature_notes`), and the runner copies those
+notes onto the first step of every run; :func:`op_notes` explains an op the kernel does not know (``EINVAL``).
+Nothing here writes anything (the probe page is this process's own) or prints.
 """
 
 from __future__ import annotations
@@ -13,7 +19,10 @@ import platform
 import re
 from dataclasses import dataclass
 
+from thpsim.live import features as F
+from thpsim.live.pagemap import PagemapFeatures, no_scan_message, pagemap_features
 from thpsim.model.knobs import Knobs
+from thpsim.observation import VMSTAT_FIELDS
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 CONFIG_OPTIONS = ("CONFIG_PT_RECLAIM", "CONFIG_PERSISTENT_HUGE_ZERO_FOLIO", "CONFIG_PGTABLE_LEVELS",
@@ -51,14 +60,24 @@ def parse_config(text: str) -> dict[str, str]:
     return out
 
 
-def _config() -> dict[str, str]:
+def _config() -> tuple[dict[str, str], str | None]:
+    """The kernel config and where it came from (None: not available)."""
     try:
         with gzip.open("/proc/config.gz", "rt", encoding="ascii", errors="replace") as f:
-            return parse_config(f.read())
+            return parse_config(f.read()), "/proc/config.gz"
     except OSError:
         pass
-    text = _read(f"/boot/config-{platform.release()}")
-    return parse_config(text) if text else {}
+    path = f"/boot/config-{platform.release()}"
+    text = _read(path)
+    return (parse_config(text), path) if text else ({}, None)
+
+
+def _readable(path: str) -> bool:
+    try:
+        os.close(os.open(path, os.O_RDONLY))
+        return True
+    except OSError:
+        return False
 
 
 def _vmstat() -> dict[str, int]:
@@ -100,13 +119,34 @@ class LiveEnv:
     huge_zero_allocated: bool
     pagemap_scan: bool
     unsupported: tuple[str, ...]
+    # probed pagemap features (PagemapFeatures, kept flat so that the record stays plain JSON: lab/remote.py)
+    pagemap_scan_error: str | None = None      # errno name of the failed PAGEMAP_SCAN (ENOTTY: before 6.7)
+    scan_guard: bool = False                   # PAGEMAP_SCAN takes PAGE_IS_GUARD (6.16+)
+    guard_ops: bool = False                    # MADV_GUARD_INSTALL / REMOVE work (6.13+)
+    pagemap_guard_bit: bool = False            # pagemap bit 58 marks guard markers (6.15+)
+    guard_marker_frame: int = 0                # pagemap bits 0-54 of a guard marker (0: unknown)
+    kpageflags: bool = False                   # /proc/kpageflags readable
+    config_source: str | None = None           # where `config` came from (None: unknown)
+    vmstat_missing: tuple[str, ...] = ()       # VMSTAT_FIELDS absent from /proc/vmstat (their deltas read 0)
+    notes: tuple[str, ...] = ()                # what the live engine does without, and how (feature_notes)
+
+    @property
+    def pagemap(self) -> PagemapFeatures:
+        """The probed pagemap features, as the reader and the runner take them."""
+        return PagemapFeatures(scan=self.pagemap_scan, scan_guard=self.scan_guard, guard_install=self.guard_ops,
+                               pagemap_guard_bit=self.pagemap_guard_bit, guard_marker_frame=self.guard_marker_frame,
+                               scan_error=self.pagemap_scan_error)
 
     def cfg(self, name: str) -> str | None:
         return dict(self.config).get(name)
 
     def cfg_bool(self, name: str, default: bool) -> bool:
+        """A CONFIG_* bool: ``default`` when the config is unknown; not set when the config is known but lacks it
+        (an option of a later release, or one whose dependencies are not met)."""
         v = self.cfg(name)
-        return default if v is None else v in ("y", "m")
+        if v is None:
+            return default if self.config_source is None else False
+        return v in ("y", "m")
 
     def knobs(self) -> Knobs:
         """The model knobs matching this kernel."""
@@ -129,7 +169,66 @@ class LiveEnv:
         )
 
 
-def detect() -> LiveEnv:
+def feature_notes(release: str, pm: PagemapFeatures, *, kpageflags: bool = True,
+                  config_source: str | None = "/proc/config.gz", vmstat_missing: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """One line per kernel feature the live engine has to do without, and what it does instead."""
+    k = f"kernel {release}"
+    out: list[str] = []
+    if not pm.scan:
+        out.append(no_scan_message(pm, release))
+    if not pm.guard_install:
+        out.append(f"{k} has no MADV_GUARD_INSTALL/REMOVE ({F.since('madv_guard')}+): guard ops come back EINVAL")
+    if pm.scan and not pm.scan_guard:
+        head = f"{k} has no PAGE_IS_GUARD ({F.since('page_is_guard')}+)"
+        if not pm.guard_install:
+            out.append(f"{head}: guard regions are not observed (none can be installed)")
+        elif pm.pagemap_guard_bit:
+            out.append(f"{head}: guard markers are found in the swapped ranges by pagemap bit 58 (PM_GUARD_REGION, "
+                       f"{F.since('pm_guard_region')}+)")
+        elif pm.guard_marker_frame:
+            out.append(f"{head} and no pagemap guard bit ({F.since('pm_guard_region')}+): guard markers are told "
+                       f"from swap entries by their pagemap encoding (swap type {pm.guard_marker_frame & 31}, "
+                       f"offset {pm.guard_marker_frame >> 5})")
+        else:
+            out.append(f"{head} and no pagemap guard bit ({F.since('pm_guard_region')}+): guard regions are not "
+                       "observed (they read as swap runs, and an access to one kills the trace process)")
+    if not kpageflags:
+        out.append("/proc/kpageflags is not readable (root and CONFIG_PROC_PAGE_MONITOR): PTE-mapped pages of a THP "
+                   "read pte, not pte_thp")
+    if config_source is None:
+        out.append(f"the config of {k} is unknown (no /proc/config.gz, no /boot/config-{release}): the model knobs "
+                   "use their defaults for " + ", ".join(o for o in CONFIG_OPTIONS if o != "CONFIG_PGTABLE_LEVELS"))
+    missing = [m for m in vmstat_missing if m != "thp_split_pmd_failed"]   # that one marks the lazy-PTE series
+    if missing:
+        out.append(f"/proc/vmstat of {k} has no {', '.join(missing)}: their deltas read 0")
+    return tuple(out)
+
+
+def op_notes(kind: str, advice: str | None, result: object, pm: PagemapFeatures,
+             release: str | None = None) -> tuple[str, ...]:
+    """Notes for one live op whose outcome depends on a kernel feature (an advice the kernel lacks, a guard
+    region it cannot show)."""
+    if kind != "madvise" or not advice:
+        return ()
+    rel = release or platform.release()
+    name = f"MADV_{advice.upper()}"
+    if advice in ("guard_install", "guard_remove"):
+        if result == "EINVAL" and not pm.guard_install:
+            return (f"{name} is not in kernel {rel} ({F.since('madv_guard')}+): EINVAL",)
+        if result == 0 and advice == "guard_install" and not pm.guards_visible:
+            return (f"kernel {rel} cannot report guard markers (PAGE_IS_GUARD {F.since('page_is_guard')}+, pagemap "
+                    f"bit 58 {F.since('pm_guard_region')}+): this guard region is missing from the page map",)
+        return ()
+    want = F.MADV_SINCE.get(advice)
+    if result == "EINVAL" and want and F.lacks(rel, want):
+        return (f"{name} is not in kernel {rel} ({want}+): EINVAL",)
+    return ()
+
+
+def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
+    """Describe this kernel. ``pagemap`` replaces the probed pagemap features (tests simulate other kernels)."""
+    pm = pagemap if pagemap is not None else pagemap_features()
+    release = platform.release()
     enabled_raw = _read(f"{THP_DIR}/enabled")
     enabled = selected(enabled_raw)
     defrag = selected(_read(f"{THP_DIR}/defrag"))
@@ -152,7 +251,7 @@ def detect() -> LiveEnv:
         v = _read(f"{THP_DIR}/khugepaged/{k}")
         if v is not None and v.isdigit():
             kh.append((k, int(v)))
-    cfg = _config()
+    cfg, config_source = _config()
     config = tuple(sorted((k, cfg[k]) for k in CONFIG_OPTIONS if k in cfg))
     vm = _vmstat()
     levels = 4
@@ -170,8 +269,10 @@ def detect() -> LiveEnv:
     if levels == 5:
         unsupported.append("5-level paging at run time: the arena shares its P4D/PGD slot layout differently")
     thp_ok = enabled is not None and enabled != "never"
+    vm_missing = tuple(k for k in VMSTAT_FIELDS if vm and k not in vm)
+    kpf = _readable("/proc/kpageflags")
     return LiveEnv(
-        kernel_release=platform.release(),
+        kernel_release=release,
         arch=platform.machine(),
         thp_available=thp_ok,
         is_root=os.geteuid() == 0,
@@ -186,14 +287,18 @@ def detect() -> LiveEnv:
         pgtable_levels_runtime=levels,
         has_split_pmd_failed="thp_split_pmd_failed" in vm,
         huge_zero_allocated=vm.get("thp_zero_page_alloc", 0) > 0,
-        pagemap_scan=_kernel_at_least(platform.release(), (6, 7)),
+        pagemap_scan=pm.scan,
         unsupported=tuple(unsupported),
+        pagemap_scan_error=pm.scan_error,
+        scan_guard=pm.scan_guard,
+        guard_ops=pm.guard_install,
+        pagemap_guard_bit=pm.pagemap_guard_bit,
+        guard_marker_frame=pm.guard_marker_frame,
+        kpageflags=kpf,
+        config_source=config_source,
+        vmstat_missing=vm_missing,
+        notes=feature_notes(release, pm, kpageflags=kpf, config_source=config_source, vmstat_missing=vm_missing),
     )
-
-
-def _kernel_at_least(release: str, want: tuple[int, int]) -> bool:
-    m = re.match(r"(\d+)\.(\d+)", release)
-    return bool(m) and (int(m.group(1)), int(m.group(2))) >= want
 
 
 def skip_reason(env: LiveEnv | None = None) -> str | None:
@@ -208,8 +313,8 @@ def skip_reason(env: LiveEnv | None = None) -> str | None:
     if not e.is_root:
         return "not root: PFNs in /proc/PID/pagemap and /proc/kpageflags need CAP_SYS_ADMIN"
     if not e.pagemap_scan:
-        return f"kernel {e.kernel_release} has no PAGEMAP_SCAN ioctl (needs 6.7+)"
+        return no_scan_message(e.pagemap, e.kernel_release)
     return None
 
 
-__all__ = ["LiveEnv", "detect", "skip_reason", "selected", "parse_config"]
+__all__ = ["LiveEnv", "detect", "skip_reason", "selected", "parse_config", "feature_notes", "op_notes"]

@@ -102,7 +102,7 @@ def probe(n: int = 8, *, timeout: float = 60.0) -> ProbeResult:
     zero_base = 256 * 1024 * 1024
     zero_pmds = sum((r.end - r.start) // (2 << 20) for r in za.pagemap
                     if r.kind == "pmd_zero" and zero_base <= r.start < zero_base + 2 * n * (1 << 20))
-    notes: list[str] = []
+    notes: list[str] = list(e.notes)   # kernel features this kernel lacks (env.feature_notes)
     per = (after.vm_pte_kb - before.vm_pte_kb) / pmd_mapped if pmd_mapped else 0.0
     rss_per = (after.rss_anon_kb - before.rss_anon_kb) / pmd_mapped if pmd_mapped else 0.0
     zper = (za.vm_pte_kb - zb.vm_pte_kb) / zero_pmds if zero_pmds else 0.0

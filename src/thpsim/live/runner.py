@@ -12,6 +12,10 @@ Design (see docs/live.md):
 * Forked trace processes run the same command loop on a socketpair; their parent relays commands to them.
 * Baselines: ``main`` = its values right before the first op. A forked child's baseline = the values of a
   calibration child forked (and set up exactly like a real one) while the arena was still empty.
+* Kernel features: the pagemap features are probed once (:func:`thpsim.live.pagemap.pagemap_features`); what
+  this kernel lacks (:func:`thpsim.live.env.feature_notes`, e.g. PAGE_IS_GUARD before 6.16) is noted on the
+  first step, and an op it does not know (MADV_GUARD_INSTALL before 6.13: EINVAL from the kernel) gets a note
+  on its step (:func:`thpsim.live.env.op_notes`). The run goes on in both cases.
 
 Errors: a crashing or hanging child raises :class:`LiveRunError`, whose ``steps`` holds the observations
 recorded so far and whose message names the last completed step.
@@ -22,7 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import platform
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -30,8 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from thpsim.errors import ThpsimError
+from thpsim.live import env as live_env
 from thpsim.live import procfs
-from thpsim.live.pagemap import PagemapReader
+from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs
 from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
 
@@ -100,11 +107,13 @@ def _has_pku() -> bool:
         return False
 
 
-def access_faults(pid: int, start: int, end: int, stride: int, write: bool, *, pku: bool = True) -> bool:
+def access_faults(pid: int, start: int, end: int, stride: int, write: bool, *, pku: bool = True,
+                  features: PagemapFeatures | None = None) -> bool:
     """Would touching one byte at every ``stride`` of [start, end) (absolute) fault in process ``pid``?
 
     A touched page faults if no VMA covers it, the VMA forbids the access (write needs 'w'; read needs 'r' or
-    'w', or 'x' without protection keys), or it holds a guard marker (MADV_GUARD_INSTALL).
+    'w', or 'x' without protection keys), or it holds a guard marker (MADV_GUARD_INSTALL) that the kernel lets
+    us see (``features``; see :attr:`PagemapFeatures.guards_visible`).
     """
     if end <= start:
         return False
@@ -122,7 +131,7 @@ def access_faults(pid: int, start: int, end: int, stride: int, write: bool, *, p
     if pos < end:
         bad.append((pos, end))
     if not bad:
-        with PagemapReader(pid) as pm:
+        with PagemapReader(pid, features) as pm:
             bad = pm.guard_ranges(start, end)
     for bs, be in bad:
         k = max(0, -(-(bs - start) // stride))
@@ -133,8 +142,12 @@ def access_faults(pid: int, start: int, end: int, stride: int, write: bool, *, p
 
 
 class _Session:
-    def __init__(self, trace: Trace, timeout: float) -> None:
+    def __init__(self, trace: Trace, timeout: float, features: PagemapFeatures | None = None) -> None:
         self.trace = trace
+        self.features = features if features is not None else pagemap_features()
+        self.release = platform.release()
+        self.run_notes = live_env.detect(self.features).notes
+        self.unseen_guard = False   # a guard region was installed that this kernel cannot report
         self.deadline = time.monotonic() + timeout
         self.timeout = timeout
         self.steps: list[StepObs] = []
@@ -196,6 +209,9 @@ class _Session:
         why = f"the live child exited unexpectedly (status {self.p.returncode})"
         if tail:
             why += f": {tail[-1]}"
+        if self.unseen_guard and self.p.returncode == -signal.SIGSEGV:
+            why += (f"; probably an access to a guard region, which kernel {self.release} cannot report "
+                    "(see the notes of the first step)")
         return self._fail(why)
 
     def close(self, kill: bool = False) -> None:
@@ -226,7 +242,7 @@ class _Session:
                    anonymous_kb=v.get("Anonymous"), anon_huge_kb=v.get("AnonHugePages"),
                    lazyfree_kb=v.get("LazyFree"), locked_kb=v.get("Locked"), swap_kb=v.get("Swap"))
             for v in procfs.read_smaps(lp.pid) if v.start >= ARENA_BASE and v.end <= ARENA_BASE + ARENA_SIZE)
-        with PagemapReader(lp.pid) as pm:
+        with PagemapReader(lp.pid, self.features) as pm:
             runs = pm.runs(ARENA_BASE, ARENA_BASE + ARENA_SIZE, base=ARENA_BASE)
         return ProcObs(proc=lp.name, vm_pte_kb=d.vm_pte_kb, vm_rss_kb=d.vm_rss_kb, rss_anon_kb=d.rss_anon_kb,
                        vm_lck_kb=d.vm_lck_kb, vm_swap_kb=d.vm_swap_kb, vmas=vmas, pagemap=runs)
@@ -242,6 +258,8 @@ class _Session:
         vm, mi = self.globals_now()
         vmd = tuple(sorted((k, v - self.vm0[k]) for k, v in vm.items() if v != self.vm0[k]))
         mid = tuple(sorted((k, v - self.mi0[k]) for k, v in mi.items() if v != self.mi0[k]))
+        if not self.steps:
+            notes = self.run_notes + notes
         self.steps.append(StepObs(step=idx, line=op.line, op=op.describe(), proc=op.proc, result=result,
                                   data=data, procs=procs, vmstat=vmd, meminfo=mid, notes=notes))
 
@@ -270,7 +288,8 @@ class _Session:
         if lp is None:
             raise self._fail(f"process {op.proc!r} is not alive on the live side")
         if op.kind in ("read", "write") and access_faults(
-                lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, op.kind == "write", pku=self.pku):
+                lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, op.kind == "write", pku=self.pku,
+                features=self.features):
             self.record(idx, op, "SIGSEGV", None, ("access would fault: not performed",))
             return
         reply = self.call(lp.path, {"cmd": "op", "op": op_message(op)})
@@ -281,7 +300,10 @@ class _Session:
             lp.children.append(op.child)
         elif op.kind == "exit":
             self._drop(op.proc)
-        self.record(idx, op, result, reply.get("data"), ())
+        notes = live_env.op_notes(op.kind, op.advice, result, self.features, self.release)
+        if op.kind == "madvise" and op.advice == "guard_install" and result == 0 and not self.features.guards_visible:
+            self.unseen_guard = True
+        self.record(idx, op, result, reply.get("data"), notes)
 
     def _drop(self, name: str) -> None:
         lp = self.procs.pop(name, None)
@@ -294,16 +316,19 @@ class _Session:
                 other.children.remove(name)
 
 
-def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0) -> list[StepObs]:
+def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
+             features: PagemapFeatures | None = None) -> list[StepObs]:
     """Run ``trace`` on the live kernel in a fresh child process; one StepObs per op.
 
     ``allow_sysfs`` is accepted for the CLI; this version never writes sysfs, so model-only ops
     (format.MODEL_ONLY_OPS, including khugepaged) are always recorded with result None and a note.
     Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
     Exit of ``main`` exits every still-live trace process first (the final observation lists none).
+    ``features`` replaces the probed pagemap features (tests simulate older kernels on this one); what the
+    kernel lacks is noted on the first step (:func:`thpsim.live.env.feature_notes`).
     """
     del allow_sysfs
-    s = _Session(trace, timeout)
+    s = _Session(trace, timeout, features)
     try:
         s.start()
         for idx, op in enumerate(trace.ops):

@@ -51,7 +51,7 @@ PAGE_IS_SWAPPED = 1 << 4
 PAGE_IS_PFNZERO = 1 << 5
 PAGE_IS_HUGE = 1 << 6
 PAGE_IS_SOFT_DIRTY = 1 << 7
-PAGE_IS_GUARD = 1 << 8  # 6.15+
+PAGE_IS_GUARD = 1 << 8  # 6.16+ (EINVAL in a mask before: see pagemap.probe_pagemap)
 
 
 class PmScanArg(ctypes.Structure):
@@ -75,7 +75,7 @@ PM_PFN_MASK = (1 << 55) - 1
 PM_SOFT_DIRTY = 1 << 55
 PM_MMAP_EXCLUSIVE = 1 << 56
 PM_UFFD_WP = 1 << 57
-PM_GUARD_REGION = 1 << 58
+PM_GUARD_REGION = 1 << 58  # 6.15+
 PM_FILE = 1 << 61
 PM_SWAP = 1 << 62
 PM_PRESENT = 1 << 63
@@ -171,7 +171,8 @@ def pagemap_scan(fd: int, start: int, end: int, *, anyof: int, ret_mask: int,
                  max_regions: int = 4096) -> list[tuple[int, int, int]]:
     """Run PAGEMAP_SCAN (get only, never write-protects) on an open pagemap fd; returns (start, end, cats).
 
-    Loops until the whole [start, end) has been walked. Raises OSError on failure (e.g. ENOTTY before 6.7).
+    Loops until the whole [start, end) has been walked. Raises OSError on failure: ENOTTY before 6.7 (no ioctl),
+    EINVAL for a category bit the kernel does not know (PAGE_IS_SOFT_DIRTY before 6.8, PAGE_IS_GUARD before 6.16).
     """
     out: list[tuple[int, int, int]] = []
     vec = (PageRegion * max_regions)()
