@@ -214,9 +214,11 @@ def cmd_diff(args: argparse.Namespace) -> int:
     for rnd in range(args.runs):
         env, diffs = diff_live(traces, design=args.design, kernel=args.kernel, guest=guest,
                                compare_globals=not args.ignore_globals, stderr=sys.stderr.buffer)
-        if rnd == 0 and env.unsupported and not args.json:
+        if rnd == 0 and not args.json:
             for u in env.unsupported:
                 sys.stderr.write(f"thpsim: note: the model does not support this kernel setting: {u}\n")
+            for n in env.notes:
+                sys.stderr.write(f"thpsim: note: {n}\n")
         for td in diffs:
             d = td.diff
             results.append({"trace": td.path, "run": rnd + 1, "identical": td.identical,
@@ -569,8 +571,6 @@ def _lab_run(args: argparse.Namespace) -> int:
     from thpsim.lab.guest import run_in_guest
 
     cmd = list(args.cmd)
-    if cmd and cmd[0] == "--":
-        cmd = cmd[1:]
     if not cmd:
         raise ThpsimError("lab run needs a command after --, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")
     res = run_in_guest(args.kernel, cmd, _guest_config(args), stdout=sys.stdout.buffer,
@@ -736,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     lr.add_argument("kernel", help="a built lab kernel, or 'host' to run CMD here")
     _add_guest_opts(lr)
     lr.add_argument("--json", action="store_true", help="print the run's summary as JSON on stderr's last line")
-    lr.add_argument("cmd", nargs=argparse.REMAINDER, help="-- thpsim COMMAND ... (or any program)")
+    lr.add_argument("cmd", nargs="*", help="after --: thpsim COMMAND ... (or any program on the host's /)")
     return ap
 
 
@@ -754,9 +754,24 @@ def _add_guest_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--timeout", type=float, default=3600.0, help="watchdog: kill the guest after S seconds")
 
 
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     ap = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    tail: list[str] | None = None
+    if argv[:2] == ["lab", "run"] and "--" in argv:     # everything after -- is the guest's command, verbatim
+        i = argv.index("--")
+        argv, tail = argv[:i], argv[i + 1:]
     args = ap.parse_args(argv)
+    if tail is not None:
+        args.cmd = tail
+    # SIGTERM ends a command like Ctrl-C: builds and guests are killed and reaped on the way out
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         return args.fn(args)
     except ThpsimError as e:

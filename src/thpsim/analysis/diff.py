@@ -167,7 +167,9 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
     batch = observe(paths, kernel=kernel, guest=guest, stderr=stderr)
     env = batch.env
     knobs = env.knobs()
-    skip = frozenset() if env.has_split_pmd_failed else frozenset({"thp_split_pmd_failed"})
+    # counters this kernel does not have cannot be compared (thp_split_pmd_failed exists only with the series)
+    skip = frozenset(env.vmstat_missing) | (frozenset() if env.has_split_pmd_failed
+                                            else frozenset({"thp_split_pmd_failed"}))
     models = {p: run_model(t, design=design, knobs=knobs, check=True) for p, t in traces.items()}
     out: dict[str, TraceDiff] = {}
     for p in paths:

@@ -200,7 +200,7 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     prog: Progress = progress or (lambda step, detail: None)
     name = name or spec.name
     if spec.kind != "source":
-        from thpsim.lab.image import fetch_image
+        from thpsim.lab.initramfs import fetch_image
 
         return fetch_image(spec, name=name, progress=prog, force=force)
     if series is None:
@@ -216,8 +216,10 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     apt = AptWorkspace(root / "apt" / spec.suite, (spec.suite,))
     apt.update()
     pkg_ver = apt.version(spec.package)
+    from thpsim.lab.initramfs import initramfs_sha256
+
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, spec.package, pkg_ver, series_sha, config_sha,
-                                     spec.arch]).encode()).hexdigest()[:16]
+                                     spec.arch, initramfs_sha256()]).encode()).hexdigest()[:16]
     bdir = root / "builds" / f"{name}-{key}"
     image = bdir / "bzImage"
     cached = find_built(name)
@@ -226,7 +228,7 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
         return cached
     if not force and image.exists() and (bdir / "meta.json").exists():
         bk = _load_meta(bdir / "meta.json")
-        _write_index(name, bk)
+        write_index(name, bk)
         prog("cached", bk.image)
         return bk
     deb = apt.download(spec.package)
@@ -279,15 +281,20 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     if not built.exists():
         raise LabStepError("compile", f"make finished but {built} is missing", log)
     shutil.copy2(built, image)
+    prog("initramfs", "busybox, overlay root over the read-only 9p share")
+    from thpsim.lab.initramfs import write_initramfs
+
+    initrd = bdir / "initrd.img"
+    write_initramfs(apt, initrd, None)
     shutil.copy2(tree / ".config", bdir / "config")
     shutil.copy2(tree / "System.map", bdir / "System.map")
     opts = tuple((o, final.get(o, "n")) for o in (*REQUIRED, *OPTIONAL))
     bk = BuiltKernel(name=name, version=spec.version, package_version=pkg_ver,
                      series=str(series) if series else None, series_sha256=series_sha, config_sha256=config_sha,
-                     key=key, directory=str(bdir), image=str(image), initrd=None, arch=spec.arch,
+                     key=key, directory=str(bdir), image=str(image), initrd=str(initrd), arch=spec.arch,
                      build_seconds=round(time.monotonic() - t0, 1), options=opts)
     (bdir / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
-    _write_index(name, bk)
+    write_index(name, bk)
     prog("done", f"{image} in {bk.build_seconds:.0f} s")
     return bk
 
@@ -297,7 +304,7 @@ def _load_meta(p: Path) -> BuiltKernel:
     return BuiltKernel(**{**d, "options": tuple(tuple(x) for x in d["options"])})
 
 
-def _write_index(name: str, bk: BuiltKernel) -> None:
+def write_index(name: str, bk: BuiltKernel) -> None:
     p = _index_path(name)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(json.dumps(asdict(bk), indent=1))

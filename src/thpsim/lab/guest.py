@@ -103,8 +103,13 @@ def _run_dir(kernel: str) -> Path:
 
 def qemu_command(bk: BuiltKernel, cfg: GuestConfig, run: Path, accel: str) -> list[str]:
     init = str(Path(__file__).resolve().with_name("guest_init.py"))
-    append = ("console=ttyS0 root=host0 rootfstype=9p rootflags=trans=virtio,version=9p2000.L,msize=262144 ro "
-              f"panic=-1 oops=panic loglevel=4 init={os.path.realpath(sys.executable)} -- {init}")
+    python = os.path.realpath(sys.executable)
+    if not bk.initrd:
+        raise ThpsimError(f"lab kernel {bk.name} was built without the lab initramfs: rebuild it with "
+                          f"`thpsim lab build {bk.name} --force`")
+    # the initramfs mounts / read-only over 9p under a RAM overlay, then runs guest_init
+    append = (f"console=ttyS0 panic=-1 oops=panic loglevel=4 rdinit=/init THPSIM_PYTHON={python} "
+              f"THPSIM_INIT={init}")
     cpu = "max,la57=off" if accel == "tcg" else "host"
     cmd = ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
            "-accel", "tcg,thread=multi" if accel == "tcg" else "kvm", "-cpu", cpu,
@@ -115,8 +120,7 @@ def qemu_command(bk: BuiltKernel, cfg: GuestConfig, run: Path, accel: str) -> li
            "-fsdev", f"local,id=job,path={run / 'job'},security_model=none,readonly=on",
            "-device", "virtio-9p-pci,fsdev=job,mount_tag=thpsimjob",
            "-device", "virtio-serial-pci"]
-    if bk.initrd:
-        cmd += ["-initrd", bk.initrd]
+    cmd += ["-initrd", bk.initrd]
     for i, name in enumerate(PORTS):
         cmd += ["-chardev", f"socket,id=p{i},path={run / f'p{i}.sock'},server=on,wait=on",
                 "-device", f"virtserialport,chardev=p{i},name={name}"]
@@ -257,14 +261,13 @@ def _pump(socks: list[socket.socket], p: subprocess.Popen[bytes], stdout: Binary
                                "was killed (raise it with --timeout)", run / "console.log")
         events = sel.select(timeout=0.5)
         for key, _ in events:
-            s = key.fileobj
-            assert isinstance(s, socket.socket)
+            sock = socks[key.data]
             try:
-                data = s.recv(65536)
+                data = sock.recv(65536)
             except BlockingIOError:
                 continue
             if not data:
-                sel.unregister(s)
+                sel.unregister(sock)
                 continue
             sink = sinks[key.data]
             if sink is None:

@@ -1,8 +1,9 @@
 """PID 1 of a lab guest: set the guest up, run one job, report its exit status, reboot (QEMU then exits).
 
 Runs from the host's / (shared read-only over 9p as the guest's root) and uses only the standard library.
-It mounts the pseudo file systems and RAM-backed scratch (/tmp, /run, /dev/shm, /var/tmp, /root), reads
-the job from the read-only 9p share ``thpsimjob`` (job.json, written by thpsim.lab.guest), applies the
+The root is an overlay (written by the lab initramfs): the host's / read-only over 9p, under a tmpfs in guest
+RAM. It mounts the pseudo file systems, reads the job from the read-only 9p share ``thpsimjob``
+(job.json, written by thpsim.lab.guest), applies the
 job's sysfs values and swap (zram) *inside the guest*, runs the command with stdout/stderr on the virtio
 serial ports ``thpsim.out``/``thpsim.err`` and writes ``rc N`` to ``thpsim.status``. Nothing it does can
 write to the host: the only host shares are mounted read-only.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import json
 import os
 import subprocess
@@ -27,6 +29,8 @@ def mount(src: str, target: str, fstype: str, flags: int = 0, data: str = "") ->
     r = libc.mount(src.encode(), target.encode(), fstype.encode(), flags, data.encode() or None)
     if r != 0:
         e = ctypes.get_errno()
+        if e == errno.EBUSY and fstype in ("devtmpfs", "proc", "sysfs"):   # already mounted (DEVTMPFS_MOUNT)
+            return
         raise OSError(e, f"mount {fstype} on {target}: {os.strerror(e)}")
 
 
@@ -61,14 +65,13 @@ def main() -> int:
     mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV)
     mount("devtmpfs", "/dev", "devtmpfs", MS_NOSUID)
     os.makedirs("/dev/shm", exist_ok=True)
-    for d in ("/tmp", "/run", "/dev/shm", "/var/tmp", "/root"):
-        mount("tmpfs", d, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777" if d != "/root" else "mode=0700")
+    mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
     for fs, target in (("debugfs", "/sys/kernel/debug"), ("cgroup2", "/sys/fs/cgroup")):
         with contextlib.suppress(OSError):
             mount(fs, target, fs, MS_NOSUID | MS_NODEV)
-    os.makedirs("/tmp/.job")
-    mount("thpsimjob", "/tmp/.job", "9p", MS_RDONLY, "trans=virtio,version=9p2000.L")
-    with open("/tmp/.job/job.json") as f:
+    os.makedirs("/run/thpsim-job", exist_ok=True)
+    mount("thpsimjob", "/run/thpsim-job", "9p", MS_RDONLY, "trans=virtio,version=9p2000.L")
+    with open("/run/thpsim-job/job.json") as f:
         job = json.load(f)
     p = {}
     for _ in range(50):
