@@ -132,6 +132,9 @@ def format_steps(trace: Any, steps: Sequence[Any], *, title: str = "") -> str:
         lines.append(f"{s.step:>4} {s.line:>4}  {op.describe():<44.44} {res:>9}  {procs}" + (f"  | {ev}" if ev else ""))
         for n in s.notes:
             lines.append(f"{'':>11}note: {n}")
+        if s.injected:
+            lines.append(f"{'':>11}injected: {len(s.injected)} allocation(s) failed, called from "
+                         f"{', '.join(s.injected)}")
         for v in s.violations:
             lines.append(f"{'':>11}VIOLATION: {v}")
     return "\n".join(lines)
@@ -208,6 +211,8 @@ def cmd_diff(args: argparse.Namespace) -> int:
     get_design(args.design)
     guest = _guest_config(args) if args.kernel else None
     traces = {path: _load(path) for path in args.traces}
+    if args.inject:
+        return _diff_inject(args, traces, guest)
     results = []
     worst = EXIT_OK
     env = None
@@ -238,7 +243,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
                     for m in d.noisy[:args.max_show]:
                         _out("  " + m.describe())
     assert env is not None
-    n_same = sum(r["identical"] for r in results)
+    n_same = sum(bool(r["identical"]) for r in results)
     where = f"lab guest {args.kernel}" if args.kernel else "this host"
     if args.json:
         _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
@@ -248,6 +253,63 @@ def cmd_diff(args: argparse.Namespace) -> int:
         _out(f"{n_same}/{len(results)} runs identical (model design {args.design}; kernel "
              f"{env.kernel_release} on {where})")
     return worst
+
+
+def _diff_inject(args: argparse.Namespace, traces: dict[str, Any], guest: Any) -> int:
+    """diff --inject POINT: one variant per op that allocates at POINT, each diffed model vs kernel."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from thpsim.analysis.diff import diff_live
+    from thpsim.analysis.inject import injection_variants, write_variants
+    from thpsim.model.page_alloc import INJECT_POINTS
+
+    if args.inject not in INJECT_POINTS:
+        raise ThpsimError(f"unknown injection point {args.inject!r}; points: {', '.join(INJECT_POINTS)}")
+    variants = [v for p, t in traces.items()
+                for v in injection_variants(p, t, args.inject, design=args.design, times=args.inject_times)]
+    if not variants:
+        raise ThpsimError(f"no op of these traces allocates at {args.inject} under design {args.design}: "
+                          "nothing to inject")
+    folder = Path(tempfile.mkdtemp(prefix="thpsim-inject-"))
+    try:
+        files = write_variants(variants, folder)
+        env, diffs = diff_live({f: _load(f) for f in files}, design=args.design, kernel=args.kernel, guest=guest,
+                               compare_globals=not args.ignore_globals, stderr=sys.stderr.buffer)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    rows: list[dict[str, Any]] = []
+    for (_f, v), td in zip(files.items(), diffs, strict=True):
+        step = v.step
+        m = next((s for s in (td.model_steps or ()) if s.step == step), None)
+        k = next((s for s in (td.live_steps or ()) if s.step == step), None)
+        rows.append({"trace": v.source, "step": step, "line": v.line, "op": v.op, "sites": list(v.sites),
+                     "identical": td.identical, "note": td.note,
+                     "model": {"result": m.result if m else None, "injected": list(m.injected) if m else []},
+                     "kernel": {"result": k.result if k else None, "injected": list(k.injected) if k else []},
+                     "mismatches": [dataclasses.asdict(x) for x in td.diff.exact]})
+    n_same = sum(r["identical"] for r in rows)
+    if args.json:
+        _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
+               "inject": args.inject, "identical": n_same, "variants": len(rows), "results": rows})
+    else:
+        _out(f"{'trace':<44} {'step':>4}  {'op':<36} {'model':>8} {'kernel':>8}  failed allocation (model | kernel)")
+        for r in rows:
+            mi, ki = ",".join(r["model"]["injected"]) or "-", ",".join(r["kernel"]["injected"]) or "-"
+            state = "" if r["identical"] else f"  DIFFERENT: {len(r['mismatches'])} mismatches {r['note']}"
+            _out(f"{r['trace']:<44.44} {r['step']:>4}  {r['op']:<36.36} {r['model']['result']!s:>8} "
+                 f"{r['kernel']['result']!s:>8}  {mi} | {ki}{state}")
+            for x in _fmt_mismatches(r["mismatches"], args.max_show):
+                _out("    " + x)
+        _out(f"{n_same}/{len(rows)} injected variants identical (point {args.inject}, model design {args.design}, "
+             f"kernel {env.kernel_release}{' in lab guest ' + args.kernel if args.kernel else ''})")
+    return EXIT_OK if n_same == len(rows) else EXIT_DIFF
+
+
+def _fmt_mismatches(mismatches: list[dict[str, Any]], n: int) -> list[str]:
+    return [f"step {m['step']} {m['proc']} {m['field']}: model={m['left']!r} kernel={m['right']!r}"
+            for m in mismatches[:n]]
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
@@ -463,7 +525,7 @@ def cmd_record(args: argparse.Namespace) -> int:
     r = record(cmd, args.output, touch=args.touch, sample_vmpte=not args.no_vmpte)
     if args.json:
         _json({"trace": r.trace_path, "returncode": r.returncode, "vmpte": r.vmpte_path,
-               "samples": len(r.samples or [])})
+               "samples": r.samples})
     else:
         _out(f"wrote {r.trace_path}" + (f" and {r.vmpte_path}" if r.vmpte_path else "")
              + f"; the program exited with {r.returncode}")
@@ -592,7 +654,8 @@ def _guest_config(args: argparse.Namespace) -> Any:
         path, val = kv.split("=", 1)
         sysfs.append((path, val))
     return GuestConfig(cpus=args.cpus, memory_mb=parse_size(args.memory) // (1 << 20),
-                       swap_mb=parse_size(args.swap) // (1 << 20) if args.swap else 0, thp=args.thp,
+                       swap_mb=parse_size(args.swap) // (1 << 20) if args.swap else 0,
+                       thp=None if args.thp == "kernel" else args.thp,
                        sysfs=tuple(sysfs), accel=args.accel, timeout=args.timeout)
 
 
@@ -632,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("traces", nargs="+")
     p.add_argument("--design", default="upstream", help="the model's design (lazy for a kernel with the series)")
     p.add_argument("--kernel", help="observe inside this lab guest (thpsim lab list) instead of this kernel")
+    p.add_argument("--inject", metavar="POINT", help="diff one variant per op that allocates at POINT "
+                   "(pte_alloc_one | thp_folio), that op's first allocation there failing (lab guests only)")
+    p.add_argument("--inject-times", type=int, default=1, help="allocations to fail in the op (default 1)")
     _add_guest_opts(p)
     p.add_argument("--runs", type=int, default=1, help="live runs per trace (default 1)")
     p.add_argument("--ignore-globals", action="store_true", help="compare per-process values only (busy hosts)")
@@ -745,7 +811,9 @@ def _add_guest_opts(p: argparse.ArgumentParser) -> None:
     g.add_argument("--cpus", type=int, default=2, help="vCPUs (default 2)")
     g.add_argument("--memory", default="2G", help="guest RAM (default 2G)")
     g.add_argument("--swap", metavar="SIZE", help="a zram swap device of SIZE inside the guest, e.g. 1G")
-    g.add_argument("--thp", choices=("always", "madvise", "never"), help="THP enabled mode inside the guest")
+    g.add_argument("--thp", choices=("always", "madvise", "never", "kernel"), default="madvise",
+                   help="THP enabled mode inside the guest (default madvise, as on the host; kernel: keep the "
+                   "guest kernel's own default)")
     g.add_argument("--sysfs", action="append", metavar="PATH=VALUE", default=[],
                    help="a sysfs/procfs value to set inside the guest before the command, e.g. "
                    "kernel/mm/transparent_hugepage/use_zero_page=0 (relative to /sys)")

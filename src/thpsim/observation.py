@@ -89,6 +89,9 @@ class StepObs:
     meminfo: tuple[tuple[str, int], ...] = ()  # kB deltas since trace start
     notes: tuple[str, ...] = ()          # engine remarks (e.g. "model-only op skipped on live")
     violations: tuple[str, ...] = field(default=())  # data-contract / invariant reports (model)
+    # allocations an op's ``inject`` failed, as the kernel functions that called the allocator (in order);
+    # left out of to_dict() when empty, so traces without injection serialise as before
+    injected: tuple[str, ...] = ()
 
     def proc_obs(self, name: str) -> ProcObs | None:
         return next((p for p in self.procs if p.proc == name), None)
@@ -97,10 +100,14 @@ class StepObs:
         return dict(self.vmstat).get(name, 0)
 
 
+_OMIT_WHEN_EMPTY = frozenset({"injected"})
+
+
 def to_dict(obj: Any) -> Any:
     """JSON-ready form of an observation (deterministic key order)."""
     if hasattr(obj, "__dataclass_fields__"):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)
+                if not (f.name in _OMIT_WHEN_EMPTY and not getattr(obj, f.name))}
     if isinstance(obj, tuple):
         if obj and all(isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) for x in obj):
             return {k: to_dict(v) for k, v in obj}
@@ -119,7 +126,7 @@ def from_dict(d: dict[str, Any]) -> StepObs:
         step=d["step"], line=d["line"], op=d["op"], proc=d["proc"], result=d.get("result"), data=d.get("data"),
         procs=procs, vmstat=tuple(sorted(dict(d.get("vmstat") or {}).items())),
         meminfo=tuple(sorted(dict(d.get("meminfo") or {}).items())), notes=tuple(d.get("notes", ())),
-        violations=tuple(d.get("violations", ())),
+        violations=tuple(d.get("violations", ())), injected=tuple(d.get("injected", ())),
     )
 
 

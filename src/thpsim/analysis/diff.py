@@ -112,6 +112,9 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
             res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "result", a.result, b.result))
         if a.data != b.data:
             res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "data", a.data, b.data))
+        if a.injected != b.injected:   # which allocations an op's inject failed (kernel callers, in order)
+            res.mismatches.append(Mismatch(a.step, a.line, a.op, a.proc, "injected", list(a.injected),
+                                           list(b.injected)))
         ap = {p.proc: p for p in a.procs}
         bp = {p.proc: p for p in b.procs}
         if list(ap) != list(bp):
@@ -141,6 +144,8 @@ class TraceDiff:
     diff: DiffResult
     live_error: str | None
     retried: bool
+    model_steps: tuple[StepObs, ...] = ()
+    live_steps: tuple[StepObs, ...] = ()
 
     @property
     def identical(self) -> bool:
@@ -176,7 +181,7 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
         tl = batch.get(p)
         d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
                        compare_globals=compare_globals, skip_counters=skip)
-        out[p] = TraceDiff(p, d, tl.error, False)
+        out[p] = TraceDiff(p, d, tl.error, False, tuple(models[p].steps), tl.steps)
     again = [p for p, td in out.items() if td.diff.background_collapse is not None]
     if again:
         batch2 = observe(again, kernel=kernel, guest=guest, stderr=stderr)
@@ -184,5 +189,5 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
             tl = batch2.get(p)
             d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
                            compare_globals=compare_globals, skip_counters=skip)
-            out[p] = TraceDiff(p, d, tl.error, True)
+            out[p] = TraceDiff(p, d, tl.error, True, tuple(models[p].steps), tl.steps)
     return env, [out[p] for p in paths]

@@ -30,7 +30,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -78,6 +78,7 @@ class BuiltKernel:
     build_seconds: float
     options: tuple[tuple[str, str], ...]   # the REQUIRED + OPTIONAL values in the final .config
     kind: str = "source"
+    initramfs_sha256: str = ""             # the lab initramfs the initrd was written from
 
     @property
     def patched(self) -> bool:
@@ -213,13 +214,12 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     t0 = time.monotonic()
 
     prog("fetch", f"{spec.package} from Debian {spec.suite} (private apt configuration)")
-    apt = AptWorkspace(root / "apt" / spec.suite, (spec.suite,))
+    apt = AptWorkspace(root / "apt" / spec.suite, suites_for(spec.suite))
     apt.update()
     pkg_ver = apt.version(spec.package)
-    from thpsim.lab.initramfs import initramfs_sha256
-
+    # the kernel's key: what the compiled image depends on (the initramfs is refreshed on its own)
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, spec.package, pkg_ver, series_sha, config_sha,
-                                     spec.arch, initramfs_sha256()]).encode()).hexdigest()[:16]
+                                     spec.arch]).encode()).hexdigest()[:16]
     bdir = root / "builds" / f"{name}-{key}"
     image = bdir / "bzImage"
     cached = find_built(name)
@@ -231,6 +231,11 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
         write_index(name, bk)
         prog("cached", bk.image)
         return bk
+    compiled = bdir / ".compiled"
+    if not force and compiled.exists() and (bdir / "lab.config").read_text() == frag:
+        prog("compile", "resuming: this tree was compiled by an earlier run whose later steps failed")
+        return _install(spec, name, bdir, next(p for p in bdir.iterdir() if (p / "Makefile").exists()), apt,
+                        series, series_sha, config_sha, key, pkg_ver, t0, prog)
     deb = apt.download(spec.package)
     src_root = root / "src" / deb.stem
     if not (src_root / ".extracted").exists():
@@ -277,26 +282,71 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     n = jobs or os.cpu_count() or 1
     prog("compile", f"bzImage with make -j{n}")
     _Step("compile", log, prog).run(["make", f"-j{n}", "bzImage"], tree, watch=True, env=env)
-    built = tree / "arch" / "x86" / "boot" / "bzImage"
-    if not built.exists():
-        raise LabStepError("compile", f"make finished but {built} is missing", log)
-    shutil.copy2(built, image)
+    if not (tree / "arch" / "x86" / "boot" / "bzImage").exists():
+        raise LabStepError("compile", "make finished but arch/x86/boot/bzImage is missing", log)
+    compiled.touch()
+    return _install(spec, name, bdir, tree, apt, series, series_sha, config_sha, key, pkg_ver, t0, prog)
+
+
+def suites_for(suite: str) -> tuple[str, ...]:
+    """A backports suite needs its base suite too (busybox-static, for the initramfs, lives there)."""
+    base = suite.split("-")[0]
+    return (suite, base) if base != suite else (suite,)
+
+
+def _install(spec: KernelSpec, name: str, bdir: Path, tree: Path, apt: AptWorkspace, series: Path | None,
+             series_sha: str | None, config_sha: str, key: str, pkg_ver: str, t0: float,
+             prog: Progress) -> BuiltKernel:
+    """Copy the image, write the initramfs and the cache records."""
+    image = bdir / "bzImage"
+    final = parse_config((tree / ".config").read_text())
+    shutil.copy2(tree / "arch" / "x86" / "boot" / "bzImage", image)
     prog("initramfs", "busybox, overlay root over the read-only 9p share")
     from thpsim.lab.initramfs import write_initramfs
 
     initrd = bdir / "initrd.img"
     write_initramfs(apt, initrd, None)
+    from thpsim.lab.initramfs import initramfs_sha256
     shutil.copy2(tree / ".config", bdir / "config")
     shutil.copy2(tree / "System.map", bdir / "System.map")
     opts = tuple((o, final.get(o, "n")) for o in (*REQUIRED, *OPTIONAL))
     bk = BuiltKernel(name=name, version=spec.version, package_version=pkg_ver,
                      series=str(series) if series else None, series_sha256=series_sha, config_sha256=config_sha,
                      key=key, directory=str(bdir), image=str(image), initrd=str(initrd), arch=spec.arch,
-                     build_seconds=round(time.monotonic() - t0, 1), options=opts)
+                     build_seconds=round(time.monotonic() - t0, 1), options=opts,
+                     initramfs_sha256=initramfs_sha256())
     (bdir / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
     write_index(name, bk)
     prog("done", f"{image} in {bk.build_seconds:.0f} s")
     return bk
+
+
+def fresh_initramfs(bk: BuiltKernel) -> BuiltKernel:
+    """``bk`` with an initrd written by this thpsim's initramfs code (rewritten if it is older)."""
+    from thpsim.lab.initramfs import initramfs_sha256, write_initramfs
+    from thpsim.lab.kernels import get_kernel
+
+    if bk.initrd and bk.initramfs_sha256 == initramfs_sha256():
+        return bk
+    if bk.kind != "source":
+        raise ThpsimError(f"lab kernel {bk.name} was fetched by an older thpsim: run `thpsim lab build {bk.name} "
+                          "--force` (a download, no compile)")
+    spec = get_kernel(bk.name) if bk.name in _known() else None
+    suite = spec.suite if spec else "trixie"
+    apt = AptWorkspace(cache_root() / "lab" / "apt" / suite, suites_for(suite))
+    apt.update()
+    initrd = Path(bk.directory) / "initrd.img"
+    write_initramfs(apt, initrd, None)
+    new = replace(bk, initrd=str(initrd), initramfs_sha256=initramfs_sha256())
+    (Path(bk.directory) / "meta.json").write_text(json.dumps(asdict(new), indent=1))
+    write_index(bk.name, new)
+    return new
+
+
+def _known() -> set[str]:
+    from thpsim.lab.kernels import KERNELS
+
+    return set(KERNELS)
 
 
 def _load_meta(p: Path) -> BuiltKernel:

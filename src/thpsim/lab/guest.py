@@ -31,7 +31,7 @@ from typing import BinaryIO
 
 from thpsim.errors import ThpsimError
 from thpsim.lab.apt import LabStepError
-from thpsim.lab.build import BuiltKernel, cache_root, find_built
+from thpsim.lab.build import BuiltKernel, cache_root, find_built, fresh_initramfs
 from thpsim.lab.kernels import HOST, get_kernel
 
 __all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_argv", "qemu_command", "THP_DIR"]
@@ -207,6 +207,7 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
                           f"({'about 20 min on 2 cores' if spec.kind == 'source' else 'a download'})")
     if shutil.which("qemu-system-x86_64") is None:
         raise ThpsimError("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")
+    bk = fresh_initramfs(bk)
     return _boot(bk, argv, cfg, _accel(cfg, bk), stdout, stderr)
 
 

@@ -46,7 +46,7 @@ KERNELS: dict[str, KernelSpec] = {k.name: k for k in (
     KernelSpec("debian-6.12", "6.12", "image", "linux-image-amd64", "trixie",
                description="Debian trixie's prebuilt 6.12 amd64 image (no fault injection)"),
     KernelSpec("debian-7.2", "7.2", "image", "linux-image-amd64", "sid",
-               description="Debian sid's prebuilt amd64 image (no fault injection)"),
+               description="Debian sid's prebuilt 7.2 amd64 image (no fault injection; build fails once sid moves on)"),
 )}
 
 

@@ -166,6 +166,7 @@ class LiveEnv:
             persistent_huge_zero=self.cfg_bool("CONFIG_PERSISTENT_HUGE_ZERO_FOLIO", False),
             huge_zero_allocated=self.huge_zero_allocated,
             no_page_mapcount=self.cfg_bool("CONFIG_NO_PAGE_MAPCOUNT", False),
+            madv_guard=self.guard_ops,
         )
 
 

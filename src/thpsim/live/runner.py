@@ -38,6 +38,7 @@ from typing import Any
 from thpsim.errors import ThpsimError
 from thpsim.live import env as live_env
 from thpsim.live import procfs
+from thpsim.live.inject import FailPageAlloc, injection_unavailable
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs
 from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
@@ -154,6 +155,12 @@ class _Session:
         self.procs: dict[str, _LiveProc] = {}
         self.child_base: procfs.Status | None = None
         self.pku = _has_pku()
+        self.fpa: FailPageAlloc | None = None
+        if any(op.inject is not None for op in trace.ops):
+            why = injection_unavailable()
+            if why:
+                raise LiveRunError(f"the trace injects allocation failures, but {why}")
+            self.fpa = FailPageAlloc()
         self.p = subprocess.Popen(
             [sys.executable, "-m", "thpsim.live._child", str(address_space_budget(trace))],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env(),
@@ -215,6 +222,8 @@ class _Session:
         return self._fail(why)
 
     def close(self, kill: bool = False) -> None:
+        if self.fpa is not None:
+            self.fpa.close()
         if self.p.poll() is None:
             if kill:
                 self.p.kill()
@@ -252,7 +261,8 @@ class _Session:
         mi = procfs.read_meminfo(refresh=False)
         return ({k: vm.get(k, 0) for k in VMSTAT_FIELDS}, {k: mi.get(k, 0) for k in MEMINFO_FIELDS})
 
-    def record(self, idx: int, op: Op, result: int | str | None, data: str | None, notes: tuple[str, ...]) -> None:
+    def record(self, idx: int, op: Op, result: int | str | None, data: str | None, notes: tuple[str, ...],
+               injected: tuple[str, ...] = ()) -> None:
         order = [n for n in self.trace.procs() if n in self.procs]
         procs = tuple(self.observe_proc(self.procs[n]) for n in order)
         vm, mi = self.globals_now()
@@ -261,7 +271,8 @@ class _Session:
         if not self.steps:
             notes = self.run_notes + notes
         self.steps.append(StepObs(step=idx, line=op.line, op=op.describe(), proc=op.proc, result=result,
-                                  data=data, procs=procs, vmstat=vmd, meminfo=mid, notes=notes))
+                                  data=data, procs=procs, vmstat=vmd, meminfo=mid, notes=notes,
+                                  injected=injected))
 
     # -- driving
     def start(self) -> None:
@@ -275,6 +286,8 @@ class _Session:
         self.call([CALIBRATION_PROC], {"cmd": "op", "op": {"kind": "exit"}})
         main_pid = int(hello["pid"])
         self.procs["main"] = _LiveProc("main", main_pid, [], self.status(main_pid))
+        if self.fpa is not None:
+            self.fpa.setup()
         self.vm0, self.mi0 = self.globals_now()
 
     def run_op(self, idx: int, op: Op) -> None:
@@ -292,7 +305,16 @@ class _Session:
                 features=self.features):
             self.record(idx, op, "SIGSEGV", None, ("access would fault: not performed",))
             return
-        reply = self.call(lp.path, {"cmd": "op", "op": op_message(op)})
+        fpa = self.fpa if op.inject is not None else None
+        if fpa is not None and op.inject is not None:
+            fpa.arm(op.inject.at, op.inject.times, lp.pid)
+        reply: dict[str, Any] = {}
+        injected: tuple[str, ...] = ()
+        try:
+            reply = self.call(lp.path, {"cmd": "op", "op": op_message(op)})
+        finally:
+            if fpa is not None:   # a fork's new child inherits make_it_fail: clear it there too
+                injected = fpa.disarm((int(reply["pid"]),) if op.kind == "fork" and reply.get("pid") else ())
         result = reply.get("result")
         if op.kind == "fork" and result == 0:
             assert self.child_base is not None
@@ -303,7 +325,7 @@ class _Session:
         notes = live_env.op_notes(op.kind, op.advice, result, self.features, self.release)
         if op.kind == "madvise" and op.advice == "guard_install" and result == 0 and not self.features.guards_visible:
             self.unseen_guard = True
-        self.record(idx, op, result, reply.get("data"), notes)
+        self.record(idx, op, result, reply.get("data"), notes, injected)
 
     def _drop(self, name: str) -> None:
         lp = self.procs.pop(name, None)

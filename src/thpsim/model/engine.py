@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno as _errno
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from thpsim.errors import InvariantViolation, LivelockDetected
@@ -40,7 +40,7 @@ from thpsim.model.folio import content_write, read_digest
 from thpsim.model.huge_memory import deferred_split_scan
 from thpsim.model.kernel import Kernel, StepLog
 from thpsim.model.knobs import Knobs
-from thpsim.model.page_alloc import FailPolicy
+from thpsim.model.page_alloc import INJECT_POINTS, FailPolicy
 from thpsim.model.shadow import Shadow, compare
 from thpsim.model.vma import VM_DONTCOPY, VM_WIPEONFORK
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs
@@ -109,11 +109,15 @@ class Simulator:
         k.log = StepLog()
         result: int | str | None
         data: str | None = None
+        if op.inject is not None:
+            k.alloc.arm(INJECT_POINTS[op.inject.at], op.inject.times)
         try:
             result, data = self._do(op)
         except LivelockDetected as e:
             result = "LIVELOCK"
             k.log.notes.append(str(e))
+        finally:
+            injected = k.alloc.disarm() if op.inject is not None else ()
         self.ops_done.append(op)
         violations: list[str] = []
         if self.shadow is not None:
@@ -131,7 +135,8 @@ class Simulator:
             if errs:
                 prefix = "\n".join(dumps_op(o) for o in self.ops_done)
                 raise InvariantViolation("; ".join(errs[:5]), step=i, trace_prefix=prefix)
-        return self.observe(i, op, result, data, violations)
+        obs = self.observe(i, op, result, data, violations)
+        return replace(obs, injected=injected) if injected else obs
 
     def _scope(self, op: Op) -> list[tuple[int, int]] | None:
         """Where this op can change what the program reads (None: anywhere, in any process).

@@ -31,6 +31,7 @@ class Knobs:
     persistent_huge_zero: bool = False
     huge_zero_allocated: bool = False   # is the global huge zero folio already allocated at trace start?
     no_page_mapcount: bool = False
+    madv_guard: bool = True             # MADV_GUARD_INSTALL/REMOVE exist (6.13+); EINVAL before
 
     def __post_init__(self) -> None:
         if self.thp_enabled not in THP_MODES:

@@ -46,6 +46,8 @@ _FLAG_ADVICE: dict[str, tuple[int, int]] = {   # advice -> (set, clear)
 
 
 def do_madvise(k: Kernel, mm: MM, start: int, length: int, advice: str) -> int:
+    if advice in GUARD_ADVICE and not k.knobs.madv_guard:
+        return EINVAL      # before 6.13 ("mm: madvise: implement lightweight guard page mechanism") unknown advice
     page = k.page
     if start % page:
         return EINVAL
@@ -256,6 +258,8 @@ def _guard_remove(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
             a = (a | (k.pmd_size - 1)) + 1
     return 0
 
+
+GUARD_ADVICE = frozenset({"guard_install", "guard_remove"})
 
 _VISITORS: dict[str, Callable[[Kernel, MM, Vma, int, int], int]] = {
     "dontneed": _dontneed,

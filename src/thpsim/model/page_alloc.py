@@ -8,6 +8,11 @@ folios both charge it; frees uncharge), and PF_MEMALLOC reserves let reclaim-con
 budget until the reserves are consumed (Hugh Dickins' reclaim concern). Every failure is a return value the
 caller handles; the allocator keeps a log so campaigns can enumerate allocation points.
 
+Op-scoped injection (a trace op's ``inject`` field, matched on a lab kernel by ``fail_page_alloc``): an
+:class:`InjectPoint` names a kernel allocation point and the model sites it covers; :meth:`PageAllocator.arm`
+fails the first ``times`` allocations at those sites until :meth:`PageAllocator.disarm`, and records which
+sites failed (as the kernel function that called the allocator: :data:`SITE_CALLER`).
+
 Left out: GFP flag filters (ignore-gfp-wait/highmem, min-order) — the model's sites are what you choose to fail.
 """
 
@@ -25,6 +30,49 @@ SITES = (
     "pte_alloc_one@rmap_prealloc", "pte_alloc_one@reserve_pool", "__pte_alloc", "__pmd_alloc", "__pud_alloc",
     "folio@thp_fault", "folio@fault", "folio@cow", "folio@collapse", "folio@huge_zero",
 )
+
+
+# The kernel function that calls the allocator for each model site (7.3.4 + v3): what a failed allocation's
+# stack shows on a live kernel (thpsim.live.inject classifies stacks with the same table).
+SITE_CALLER: dict[str, str] = {
+    "pte_alloc_one@split": "__split_huge_pmd",            # v3 01/17: allocated before the PMD lock
+    "pte_alloc_one@fault": "do_huge_pmd_anonymous_page",  # the deposit (__do_huge_pmd_anonymous_page, inlined)
+    "pte_alloc_one@huge_zero": "do_huge_pmd_anonymous_page",
+    "pte_alloc_one@fork": "copy_huge_pmd",
+    "pte_alloc_one@rmap_prealloc": "try_to_unmap_one",    # v3 17: prealloc_pte in try_to_unmap_one
+    "pte_alloc_one@reserve_pool": "thpsim_reserve_pool",  # a model-only variant: no kernel function
+    "__pte_alloc": "__pte_alloc",
+    "__pmd_alloc": "__pmd_alloc",
+    "__pud_alloc": "__pud_alloc",
+    "folio@thp_fault": "do_huge_pmd_anonymous_page",
+    "folio@collapse": "collapse_huge_page",
+    "folio@huge_zero": "get_huge_zero_folio",
+    "folio@fault": "do_anonymous_page",
+    "folio@cow": "wp_page_copy",
+}
+
+
+@dataclass(frozen=True)
+class InjectPoint:
+    """A kernel allocation point a trace op can fail, and how both engines fail it.
+
+    ``kernel_function``: fail_page_alloc's stack filter (require-start/end = that function's text);
+    ``min_order``: fail_page_alloc's min-order; ``sites``: the model site prefixes it covers."""
+
+    name: str
+    kernel_function: str | None
+    min_order: int
+    sites: tuple[str, ...]
+    description: str
+
+
+INJECT_POINTS: dict[str, InjectPoint] = {p.name: p for p in (
+    InjectPoint("pte_alloc_one", "pte_alloc_one", 0, ("pte_alloc_one@", "__pte_alloc"),
+                "every PTE page table: the deposit, the series' split table, rmap's prealloc, fork's copy, "
+                "and __pte_alloc (which calls pte_alloc_one)"),
+    InjectPoint("thp_folio", None, 9, ("folio@thp_fault", "folio@collapse", "folio@huge_zero"),
+                "every order-9 (PMD-sized) page allocation: THP folios at fault and collapse, the huge zero folio"),
+)}
 
 
 @dataclass(frozen=True)
@@ -81,6 +129,29 @@ class PageAllocator:
         self.rng = random.Random(self.policy.seed)
         self.per_site: dict[str, int] = {}
         self._inactive = not self.policy.active   # fast path: no injection, no budget
+        self.armed: InjectPoint | None = None
+        self.armed_left = 0
+        self.armed_failed: list[str] = []
+
+    def arm(self, point: InjectPoint, times: int) -> None:
+        """Fail the next ``times`` allocations at ``point``'s sites (an op's ``inject``) until disarm()."""
+        self.armed, self.armed_left, self.armed_failed = point, times, []
+        self._inactive = False
+
+    def disarm(self) -> tuple[str, ...]:
+        """End the armed window; the kernel callers of the allocations it failed, in order."""
+        failed = tuple(SITE_CALLER.get(s, s) for s in self.armed_failed)
+        self.armed, self.armed_left, self.armed_failed = None, 0, []
+        self._inactive = not self.policy.active
+        return failed
+
+    def _armed_fails(self, site: str) -> bool:
+        a = self.armed
+        if a is None or self.armed_left == 0 or not site.startswith(a.sites):
+            return False
+        self.armed_left -= 1
+        self.armed_failed.append(site)
+        return True
 
     def _matches(self, site: str, pattern: str | None) -> bool:
         return pattern is None or site.startswith(pattern)
@@ -115,7 +186,7 @@ class PageAllocator:
             if self.keep_log:
                 self.log.append(AllocRecord(len(self.log) + 1, site, pages, True, memalloc))
             return True
-        ok = not self._should_fail(site)
+        ok = not (self._armed_fails(site) or self._should_fail(site))
         if not ok:
             self.injected += 1
         elif self.policy.budget_pages is not None and self.pages_in_use + pages > self.policy.budget_pages:

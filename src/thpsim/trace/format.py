@@ -65,7 +65,8 @@ OP_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "migrate": ((), _REGION),
     "expect": ((), ()),
 }
-COMMON_FIELDS = ("op", "proc", "expect", "note")
+COMMON_FIELDS = ("op", "proc", "expect", "note", "inject")
+INJECT_TIMES_ALL = 1 << 20        # "times": "all" — every matching allocation during the op
 # ops that need the region addressing
 REGION_OPS = {k for k, (_req, opt) in OP_FIELDS.items() if "len" in opt and k != "mmap"}
 # ops that only the model can run (the live kernel offers no unprivileged, side-effect-free trigger)
@@ -117,6 +118,15 @@ class Header:
 
 
 @dataclass(frozen=True)
+class Inject:
+    """``"inject": {"at": POINT, "times": N}`` on an op: the first N allocations at POINT (an
+    :data:`~thpsim.model.page_alloc.INJECT_POINTS` name) made while the op runs fail."""
+
+    at: str
+    times: int = 1
+
+
+@dataclass(frozen=True)
 class Op:
     """One resolved trace operation. Addresses are arena offsets; sizes are bytes."""
 
@@ -137,6 +147,7 @@ class Op:
     handle: str = ""
     expect: tuple[tuple[str, Any], ...] = ()
     note: str = ""
+    inject: Inject | None = None    # allocations to fail during this op (both engines; live: lab guests)
 
     @property
     def end(self) -> int:
@@ -197,6 +208,25 @@ def _check_fields(obj: Mapping[str, Any], line: int) -> str:
             raise TraceError(f"op {kind!r} has no field {k!r}; allowed: {', '.join(sorted(allowed))}", line=line,
                              field=k)
     return kind
+
+
+def _inject(v: Any, line: int) -> Inject:
+    from thpsim.model.page_alloc import INJECT_POINTS
+
+    if isinstance(v, str):
+        v = {"at": v}
+    if not isinstance(v, dict) or set(v) - {"at", "times"} or "at" not in v:
+        raise TraceError('must be {"at": POINT, "times": N} or a POINT name', line=line, field="inject")
+    if v["at"] not in INJECT_POINTS:
+        raise TraceError(f"unknown injection point {v['at']!r}; points: {', '.join(INJECT_POINTS)}", line=line,
+                         field="inject")
+    times = v.get("times", 1)
+    if times == "all":
+        times = INJECT_TIMES_ALL
+    if isinstance(times, bool) or not isinstance(times, int) or not 1 <= times <= INJECT_TIMES_ALL:
+        raise TraceError(f'"times" must be 1..{INJECT_TIMES_ALL} or "all" (got {times!r})', line=line,
+                         field="inject")
+    return Inject(v["at"], times)
 
 
 def _flags(obj: Mapping[str, Any], allowed: tuple[str, ...], line: int) -> tuple[str, ...]:
@@ -382,6 +412,8 @@ def _op(obj: dict[str, Any], line: int, handles: dict[str, tuple[int, int]], pla
     if not isinstance(note, str):
         raise TraceError("must be a string", line=line, field="note")
     kw: dict[str, Any] = {"line": line, "kind": kind, "proc": proc, "expect": _freeze(expect), "note": note}
+    if "inject" in obj:
+        kw["inject"] = _inject(obj["inject"], line)
     if kind == "mmap":
         length = parse_size(obj["len"], line=line, fld="len")
         if length == 0:
@@ -509,6 +541,8 @@ def dumps_op(op: Op) -> str:
         d["child"] = op.child
     if op.expect:
         d["expect"] = _thaw(op.expect)
+    if op.inject is not None:
+        d["inject"] = {"at": op.inject.at, "times": "all" if op.inject.times == INJECT_TIMES_ALL else op.inject.times}
     return json.dumps(d, separators=(", ", ": "))
 
 
