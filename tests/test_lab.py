@@ -198,7 +198,11 @@ KMSG = """6,1001,5000,-;FAULT_INJECTION: forcing a failure.
 def test_kmsg_stacks_are_classified_with_the_model_vocabulary():
     stacks = inject.parse_kmsg(KMSG.splitlines(keepends=True))
     assert [inject.classify_stack(s) for s in stacks] == ["__split_huge_pmd", "__pte_alloc"]
-    assert inject.classify_stack([" ? __split_huge_pmd+0x1/0x2", " something+0x1/0x2"]) == "?"
+    # reliable frames win over guessed ones; a guess-unwinder stack ("?" only) is read innermost first
+    assert inject.classify_stack([" ? __pte_alloc+0x1/0x2", " __split_huge_pmd+0x1/0x2"]) == "__split_huge_pmd"
+    assert inject.classify_stack([" ? pte_alloc_one+0x17/0x55", " ? __split_huge_pmd+0x39/0x8b",
+                                  " ? vma_adjust_trans_huge+0x27/0x3f"]) == "__split_huge_pmd"
+    assert inject.classify_stack([" something+0x1/0x2"]) == "?"
 
 
 # ---- guests (need a cached lab kernel and QEMU) --------------------------------------------------------------

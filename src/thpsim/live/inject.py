@@ -84,13 +84,16 @@ _FRAME = re.compile(r"^\s*(\?\s*)?([A-Za-z_][\w.]*)\+0x[0-9a-f]+/0x[0-9a-f]+")
 
 
 def classify_stack(frames: list[str]) -> str:
-    """The model caller of one failed allocation, from its stack (innermost frame first)."""
-    for fr in frames:
-        m = _FRAME.match(fr)
-        if not m or m.group(1):        # "? func": an unreliable frame
-            continue
-        fn = m.group(2).split(".")[0]   # foo.constprop.0 / foo.isra.0
-        fn = CALLER_ALIASES.get(fn, fn)
+    """The model caller of one failed allocation, from its stack (innermost frame first).
+
+    Reliable frames decide; a stack of "? func" frames only (the guess unwinder, which the lab's
+    tinyconfig-based guests use: every frame is a text address found on the stack) is read the same way,
+    innermost first, since a stale return address above the allocation would have to sit between
+    pte_alloc_one and its real caller to be taken instead."""
+    parsed = [(bool(m.group(1)), CALLER_ALIASES.get(fn, fn))
+              for m in map(_FRAME.match, frames) if m for fn in [m.group(2).split(".")[0]]]
+    reliable = [fn for guess, fn in parsed if not guess]
+    for fn in reliable or [fn for _, fn in parsed]:
         if fn in KNOWN_CALLERS:
             return fn
     return "?"
