@@ -177,8 +177,13 @@ def cmd_live(args: argparse.Namespace) -> int:
     if args.jsonl:          # the batch stream the lab's diff reads (one JSON object per line)
         if args.kernel not in (None, "host"):
             raise ThpsimError("--jsonl prints this kernel's stream; drop --kernel (thpsim diff --kernel reads it)")
-        for line in jsonl_lines(args.traces):
+        n = len(args.traces)
+        for i, line in enumerate(jsonl_lines(args.traces)):
             _out(line)
+            sys.stdout.flush()
+            if i:   # progress for whoever watches stderr (the host relays a guest's)
+                sys.stderr.write(f"thpsim live: {i}/{n} {args.traces[i - 1]}\n")
+                sys.stderr.flush()
         return EXIT_OK
     batch = observe(args.traces, kernel=args.kernel, guest=_guest_config(args) if args.kernel else None,
                     stderr=sys.stderr.buffer)

@@ -123,7 +123,8 @@ def probe(n: int = 8, *, timeout: float = 60.0) -> ProbeResult:
         upper_tables_kb=first.vm_pte_kb - round(per), vm_pte_per_thp_kb=per, rss_anon_per_thp_kb=rss_per,
         zero_pmds=zero_pmds, vm_pte_per_zero_pmd_kb=zper, deposits=per >= PTE_TABLE_KB,
         host_anon_huge_kb=huge_kb, host_thp_mappings=mappings, host_processes_scanned=scanned,
-        host_processes_unreadable=unreadable, series_saving_kb=mappings * PTE_TABLE_KB, notes=tuple(notes))
+        host_processes_unreadable=unreadable, series_saving_kb=mappings * PTE_TABLE_KB if per >= PTE_TABLE_KB else 0,
+        notes=tuple(notes))
 
 
 def format_probe(p: ProbeResult) -> str:
@@ -139,7 +140,8 @@ def format_probe(p: ProbeResult) -> str:
         f"  huge-zero PMDs: {p.zero_pmds}, VmPTE +{p.vm_pte_per_zero_pmd_kb:g} KiB each",
         f"host now: {p.host_anon_huge_kb} kB AnonHugePages = {p.host_thp_mappings} PMD mappings in "
         f"{p.host_processes_scanned} processes ({p.host_processes_unreadable} unreadable)",
-        f"the lazy-PTE series would save about {p.series_saving_kb} KiB of page tables on this host right now",
+        (f"the lazy-PTE series would save about {p.series_saving_kb} KiB of page tables on this host right now"
+         if p.deposits else "this kernel deposits no PTE table per THP: the series' saving is already taken here"),
     ]
     lines += [f"note: {n}" for n in p.notes]
     return "\n".join(lines)
