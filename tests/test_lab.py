@@ -269,3 +269,22 @@ def test_initramfs_written_is_gzip_cpio(tmp_path, monkeypatch):
     ent = _cpio_entries(gzip.decompress(dest.read_bytes()))
     assert ent["bin/busybox"][1] == b"\x7fELF fake" and ent["modules.order"][1] == b""
     assert ent["init"][1].decode() == initramfs.INIT_SH
+
+
+def test_injection_variants_one_per_allocating_op(tmp_path):
+    from thpsim.analysis.inject import injection_variants, write_variants
+    from thpsim.trace import format as tf
+
+    t = parse(INJ.replace(', "inject": {"at": "pte_alloc_one"}', ""))
+    lazy = injection_variants("inj.jsonl", t, "pte_alloc_one", design="lazy")
+    up = injection_variants("inj.jsonl", t, "pte_alloc_one", design="upstream")
+    # upstream allocates its deposits at the THP faults (step 2); lazy allocates at the partial munmap's split
+    assert [(v.step, v.sites) for v in up] == [(2, ("pte_alloc_one@fault",))]
+    assert [(v.step, v.sites) for v in lazy] == [(3, ("pte_alloc_one@split",))]
+    files = write_variants(lazy, tmp_path)
+    (path, v), = files.items()
+    again = tf.load(path)
+    assert again.ops[3].inject is not None and again.ops[3].inject.at == "pte_alloc_one"
+    assert [o.inject for i, o in enumerate(again.ops) if i != 3] == [None] * 4
+    # the variant fails like the hand-written trace
+    assert run_model(again, design="lazy").steps[3].result == "ENOMEM"
