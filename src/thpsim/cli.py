@@ -564,7 +564,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_lab(args: argparse.Namespace) -> int:
-    return {"build": _lab_build, "list": _lab_list, "run": _lab_run}[args.lab_command](args)
+    return {"build": _lab_build, "list": _lab_list, "run": _lab_run,
+            "kselftest": _lab_kselftest}[args.lab_command](args)
 
 
 class _Progress:
@@ -644,6 +645,20 @@ def _lab_run(args: argparse.Namespace) -> int:
                        stderr=sys.stderr.buffer)
     if args.json:
         sys.stderr.write(json.dumps(dataclasses.asdict(res)) + "\n")
+    return res.returncode
+
+
+def _lab_kselftest(args: argparse.Namespace) -> int:
+    from thpsim.lab.build import find_built
+    from thpsim.lab.guest import run_in_guest
+    from thpsim.lab.kselftest import build_kselftest
+
+    bk = find_built(args.kernel)
+    if bk is None:
+        raise ThpsimError(f"lab kernel {args.kernel} is not built here: run `thpsim lab build {args.kernel}` first")
+    binary = build_kselftest(bk)
+    res = run_in_guest(args.kernel, [str(binary)], _guest_config(args), stdout=sys.stdout.buffer,
+                       stderr=sys.stderr.buffer)
     return res.returncode
 
 
@@ -801,6 +816,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--json", action="store_true", help="machine-readable output")
     ll = lab.add_parser("list", help="the named kernels and which are built")
     ll.add_argument("--json", action="store_true", help="machine-readable output")
+    lk = lab.add_parser("kselftest", help="compile the series' thp_pmd_split_test from KERNEL's tree and run it "
+                        "inside KERNEL's guest (TAP 13)")
+    lk.add_argument("kernel", help="a built lab kernel with the series (lazy-v3-7.3)")
+    _add_guest_opts(lk)
     lr = lab.add_parser("run", help="boot a guest kernel and run a thpsim command inside it",
                         description="boot KERNEL under QEMU (host / read-only over 9p, scratch in guest RAM) and "
                         "run CMD there, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")

@@ -200,6 +200,10 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     """Build ``spec`` (with ``series``, default: the spec's own) and cache it; return the cached build."""
     prog: Progress = progress or (lambda step, detail: None)
     name = name or spec.name
+    if spec.kind != "source" and spec.arch == "arm64":
+        from thpsim.lab.arm64 import fetch_arm64_image
+
+        return fetch_arm64_image(spec, name=name, progress=prog, force=force)
     if spec.kind != "source":
         from thpsim.lab.initramfs import fetch_image
 
@@ -326,6 +330,10 @@ def fresh_initramfs(bk: BuiltKernel) -> BuiltKernel:
     from thpsim.lab.initramfs import initramfs_sha256, write_initramfs
     from thpsim.lab.kernels import get_kernel
 
+    if bk.arch == "arm64":
+        from thpsim.lab.arm64 import check_ready
+
+        return check_ready(bk)
     if bk.initrd and bk.initramfs_sha256 == initramfs_sha256():
         return bk
     if bk.kind != "source":

@@ -79,11 +79,20 @@ class GuestResult:
     console_log: str | None
 
 
-def guest_argv(argv: list[str], checkout_src: str) -> list[str]:
-    """``thpsim ...`` runs as ``python -m thpsim ...`` with this checkout's interpreter."""
+def guest_argv(argv: list[str], checkout_src: str, python: str | None = None) -> list[str]:
+    """``thpsim ...`` runs as ``python -m thpsim ...`` with this checkout's interpreter (or ``python``, the
+    guest's own where its root is not the host's, as in arm64 guests)."""
     if argv and argv[0] == "thpsim":
-        return [os.path.realpath(sys.executable), "-m", "thpsim", *argv[1:]]
+        return [python or os.path.realpath(sys.executable), "-m", "thpsim", *argv[1:]]
     return argv
+
+
+def _guest_python(arch: str) -> str | None:
+    if arch == "arm64":
+        from thpsim.lab.arm64 import GUEST_PYTHON
+
+        return GUEST_PYTHON
+    return None
 
 
 def _src_dir() -> str:
@@ -103,6 +112,10 @@ def _run_dir(kernel: str) -> Path:
 
 def qemu_command(bk: BuiltKernel, cfg: GuestConfig, run: Path, accel: str) -> list[str]:
     init = str(Path(__file__).resolve().with_name("guest_init.py"))
+    if bk.arch == "arm64":
+        from thpsim.lab.arm64 import qemu_command_arm64
+
+        return qemu_command_arm64(bk, cfg, run, accel, PORTS, init)
     python = os.path.realpath(sys.executable)
     if not bk.initrd:
         raise ThpsimError(f"lab kernel {bk.name} was built without the lab initramfs: rebuild it with "
@@ -156,6 +169,10 @@ def _connect_ports(run: Path, p: subprocess.Popen[bytes], deadline: float) -> li
 
 
 def _accel(cfg: GuestConfig, bk: BuiltKernel) -> str:
+    if bk.arch == "arm64":          # another architecture: emulated, whatever the host's KVM
+        if cfg.accel == "kvm":
+            raise ThpsimError(f"lab kernel {bk.name} is arm64: this host runs it under TCG only (--accel tcg)")
+        return "tcg"
     if cfg.accel != "auto":
         return cfg.accel
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
@@ -189,8 +206,8 @@ def _qemu_version() -> str:
 def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: BinaryIO | None = None,
                  stderr: BinaryIO | None = None) -> GuestResult:
     """Run ``argv`` inside the lab kernel ``kernel`` (or here, for ``host``); stream its output."""
-    argv = guest_argv(argv, _src_dir())
     if kernel == HOST:
+        argv = guest_argv(argv, _src_dir())
         t0 = time.monotonic()
         env = dict(os.environ, PYTHONPATH=_src_dir() + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
@@ -201,12 +218,15 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
             raise ThpsimError(f"the command timed out after {cfg.timeout:.0f} s") from e
         return GuestResult(HOST, p.returncode, "none", 0.0, round(time.monotonic() - t0, 3), None)
     spec = get_kernel(kernel)
+    argv = guest_argv(argv, _src_dir(), _guest_python(spec.arch))
     bk = find_built(kernel)
     if bk is None:
         raise ThpsimError(f"lab kernel {kernel} is not built here: run `thpsim lab build {kernel}` first "
                           f"({'about 20 min on 2 cores' if spec.kind == 'source' else 'a download'})")
-    if shutil.which("qemu-system-x86_64") is None:
-        raise ThpsimError("qemu-system-x86_64 is not installed: apt-get install qemu-system-x86")
+    qemu, qpkg = ("qemu-system-aarch64", "qemu-system-arm") if bk.arch == "arm64" else \
+        ("qemu-system-x86_64", "qemu-system-x86")
+    if shutil.which(qemu) is None:
+        raise ThpsimError(f"{qemu} is not installed: apt-get install {qpkg}")
     bk = fresh_initramfs(bk)
     return _boot(bk, argv, cfg, _accel(cfg, bk), stdout, stderr)
 
@@ -217,7 +237,12 @@ def _boot(bk: BuiltKernel, argv: list[str], cfg: GuestConfig, accel: str, stdout
     (run / "job").mkdir()
     env = {"PYTHONPATH": _src_dir(), "THPSIM_LAB_KERNEL": bk.name, "PYTHONDONTWRITEBYTECODE": "1",
            "MPLCONFIGDIR": "/tmp/mpl", "LC_ALL": "C.UTF-8", "TERM": "dumb", **dict(cfg.env)}
-    job = {"argv": argv, "cwd": os.getcwd(), "env": env, "sysfs": cfg.sysfs_values(), "swap_mb": cfg.swap_mb}
+    cwd = os.getcwd()
+    if bk.arch == "arm64":          # the guest sees the checkout, not the host's /
+        from thpsim.lab.arm64 import guest_cwd
+
+        cwd = guest_cwd(cwd)
+    job = {"argv": argv, "cwd": cwd, "env": env, "sysfs": cfg.sysfs_values(), "swap_mb": cfg.swap_mb}
     (run / "job" / "job.json").write_text(json.dumps(job, indent=1))
     cmd = qemu_command(bk, cfg, run, accel)
     (run / "qemu.cmd").write_text(" ".join(cmd) + "\n")

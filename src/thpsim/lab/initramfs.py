@@ -207,10 +207,12 @@ def _unzstd(p: Path, data: bytes) -> bytes:
     return r.stdout
 
 
-def write_initramfs(apt: AptWorkspace, dest: Path, mroot: Path | None, config: Path | None = None) -> int:
+def write_initramfs(apt: AptWorkspace, dest: Path, mroot: Path | None, config: Path | None = None,
+                    init: str = INIT_SH) -> int:
     """Write the lab initramfs to ``dest`` (modules from ``mroot``, a lib/modules/<version> folder, or
     none for a kernel with everything built in); return the number of modules it loads. ``config`` (the
-    kernel's .config) is copied to the guest's /boot/config-<release>, in its RAM overlay."""
+    kernel's .config) is copied to the guest's /boot/config-<release>, in its RAM overlay. ``init`` is the
+    /init script (the arm64 guests' adds the checkout share, :mod:`thpsim.lab.arm64`)."""
     work = dest.parent / "busybox-static"
     bb_tree = apt.extract(apt.download("busybox-static"), work)
     busybox = next((p for p in (bb_tree / "bin" / "busybox", bb_tree / "usr" / "bin" / "busybox") if p.exists()),
@@ -227,7 +229,7 @@ def write_initramfs(apt: AptWorkspace, dest: Path, mroot: Path | None, config: P
     entries: list[tuple[str, int, bytes]] = [
         ("bin", stat.S_IFDIR | 0o755, b""), ("lib", stat.S_IFDIR | 0o755, b""),
         ("lib/modules", stat.S_IFDIR | 0o755, b""), ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
-        ("init", stat.S_IFREG | 0o755, INIT_SH.encode())]
+        ("init", stat.S_IFREG | 0o755, init.encode())]
     names = []
     for m in mods:
         assert mroot is not None

@@ -3,7 +3,8 @@
 A :class:`KernelSpec` says how to obtain one guest kernel. ``source`` kernels are built from a Debian
 ``linux-source-X.Y`` package (optionally with a patch series applied) with the lab's config fragment;
 ``image`` kernels are Debian's prebuilt ``linux-image-*`` packages (no fault injection, modules loaded from
-a generated initramfs). ``host`` is not a guest: commands run on this machine as they are.
+a generated initramfs). ``host`` is not a guest: commands run on this machine as they are. ``arm64`` images boot under
+``qemu-system-aarch64`` with a root folder of Debian arm64 packages (:mod:`thpsim.lab.arm64`).
 
 The lazy series' default location is ``shared/kernel/lazy-pte-v3/port-7.3.4.diff`` beside the checkout
 (``THPSIM_SHARED`` overrides the folder); ``thpsim lab build --series DIR|MBOX`` takes any other series.
@@ -47,6 +48,10 @@ KERNELS: dict[str, KernelSpec] = {k.name: k for k in (
                description="Debian trixie's prebuilt 6.12 amd64 image (no fault injection)"),
     KernelSpec("debian-7.2", "7.2", "image", "linux-image-amd64", "sid",
                description="Debian sid's prebuilt 7.2 amd64 image (no fault injection; build fails once sid moves on)"),
+    KernelSpec("arm64-16k", "7.3.4", "image", "linux-binary-unsigned-7.3.4+deb13-arm64-16k", "trixie-backports",
+               arch="arm64", page_size_kb=16,
+               description="Debian's prebuilt 7.3.4 arm64 16K-page image under qemu-system-aarch64 (TCG), "
+               "arm64 trixie userspace"),
 )}
 
 
