@@ -288,3 +288,31 @@ def test_injection_variants_one_per_allocating_op(tmp_path):
     assert [o.inject for i, o in enumerate(again.ops) if i != 3] == [None] * 4
     # the variant fails like the hand-written trace
     assert run_model(again, design="lazy").steps[3].result == "ENOMEM"
+
+
+def test_a_guest_that_dies_keeps_the_traces_it_reported(monkeypatch, tmp_path):
+    from thpsim.lab import remote
+    from thpsim.lab.apt import LabStepError
+
+    lines = list(remote.jsonl_lines([]))        # this kernel's environment record
+
+    def fake_run(kernel, argv, cfg, *, stdout, stderr):
+        stdout.write((lines[0] + "\n" + json.dumps({"path": "a.jsonl", "steps": []}) + "\n{\"path\": \"b.js")
+                     .encode())
+        raise LabStepError("guest run", "watchdog: the guest ran past its 5 s timeout and was killed")
+
+    monkeypatch.setattr(guest, "run_in_guest", fake_run)
+    b = remote.observe(["a.jsonl", "b.jsonl"], kernel="upstream-7.3", guest=guest.GuestConfig())
+    assert b.get("a.jsonl").error is None
+    err = b.get("b.jsonl").error or ""
+    assert err.startswith("not run: lab guest run failed: watchdog")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_guest_skip("lazy-v3-7.3")), reason=str(_guest_skip("lazy-v3-7.3")))
+def test_the_series_own_kselftest_passes_in_the_lazy_guest():
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-m", "thpsim", "lab", "kselftest", "lazy-v3-7.3", "--timeout", "900"],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=1000)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "# PASSED: 5 / 5 tests passed." in r.stdout

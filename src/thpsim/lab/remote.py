@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, BinaryIO
 
 from thpsim.errors import ThpsimError
+from thpsim.lab.apt import LabStepError
 from thpsim.live.env import LiveEnv, detect, skip_reason
 from thpsim.observation import StepObs, from_dict, to_dict
 
@@ -109,10 +110,23 @@ def observe(paths: Sequence[str], *, kernel: str | None = None, guest: Any = Non
     from thpsim.lab.guest import GuestConfig, run_in_guest
 
     out = io.BytesIO()
-    res = run_in_guest(kernel, ["thpsim", "live", "--jsonl", *paths], guest or GuestConfig(), stdout=out,
-                       stderr=stderr)
+    stopped: str | None = None
+    try:
+        res = run_in_guest(kernel, ["thpsim", "live", "--jsonl", *paths], guest or GuestConfig(), stdout=out,
+                           stderr=stderr)
+        if res.returncode not in (0, 1):
+            stopped = f"thpsim live inside {kernel} exited {res.returncode} (console log: {res.console_log})"
+    except LabStepError as e:       # watchdog, or a guest that died: keep what it reported before
+        stopped = str(e)
     text = out.getvalue().decode("utf-8", "replace")
-    if res.returncode not in (0, 1):
-        raise ThpsimError(f"thpsim live inside {kernel} exited {res.returncode} (console log: "
-                          f"{res.console_log})")
-    return parse_jsonl(text, kernel, f"guest {kernel} output")
+    if stopped and '{"env"' not in text:
+        raise ThpsimError(stopped)
+    lines = text.splitlines()
+    if stopped and lines and not text.endswith("\n"):
+        lines = lines[:-1]          # a record cut off mid-line
+    batch = parse_jsonl("\n".join(lines), kernel, f"guest {kernel} output")
+    if stopped:
+        done = {t.path for t in batch.traces}
+        batch = LiveBatch(batch.kernel, batch.env, batch.traces + tuple(
+            TraceLive(p, (), f"not run: {stopped}") for p in paths if p not in done))
+    return batch
