@@ -108,11 +108,11 @@ def _workspace() -> AptWorkspace:
 def busybox_applets(binary: bytes) -> list[str]:
     """The applet names compiled into a busybox binary: its NUL-separated, sorted ``applet_names`` table,
     which starts with ``[`` and ``[[``."""
-    start = binary.find(b"\0[\0[[\0")
+    start = binary.find(b"[\0[[\0")
     if start < 0:
         return []
-    end = binary.find(b"\0\0", start + 1)
-    names = binary[start + 1:end].split(b"\0")
+    end = binary.find(b"\0\0", start)
+    names = binary[start:end].split(b"\0")
     out = [n.decode() for n in names if n and all(32 < c < 127 and c != ord("/") for c in n)]
     return out if out == sorted(out) else []
 

@@ -4,7 +4,8 @@ The guest's root is the host's ``/`` shared **read-only** over 9p, so the host's
 the checkout with no install; all writable scratch (/tmp, /run, /root, swap in zram) lives in guest RAM.
 A second read-only 9p share carries the job (``job.json``: argv, cwd, environment, sysfs values, swap).
 Three virtio-serial ports carry the command's stdout, stderr and a status line (``rc N``); the kernel's
-console goes to ``console.log`` in the run's folder (under the lab cache, the last 20 runs are kept).
+console goes to ``console.log`` in the run's folder (under the lab cache; runs beyond the last 20 are
+removed once a day old).
 
 Every boot has a watchdog (``GuestConfig.timeout``); QEMU runs in its own process group and is killed and
 reaped on every exit path (normal end, timeout, error, KeyboardInterrupt). Acceleration: ``kvm`` when
@@ -39,6 +40,7 @@ __all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_argv", "qemu_com
 THP_DIR = "kernel/mm/transparent_hugepage"
 PORTS = ("thpsim.out", "thpsim.err", "thpsim.status")
 KEEP_RUNS = 20
+KEEP_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,11 @@ def _run_dir(kernel: str) -> Path:
     base = cache_root() / "lab" / "runs"
     base.mkdir(parents=True, exist_ok=True)
     runs = sorted(base.iterdir())
-    for old in runs[:-KEEP_RUNS]:
-        shutil.rmtree(old, ignore_errors=True)
+    now = time.time()
+    for old in runs[:-KEEP_RUNS]:     # never a folder a running guest may still use (its watchdog: hours)
+        with contextlib.suppress(OSError):
+            if now - old.stat().st_mtime > KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
     d = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{kernel}"
     d.mkdir()
     return d
