@@ -129,6 +129,7 @@ class LiveEnv:
     config_source: str | None = None           # where `config` came from (None: unknown)
     vmstat_missing: tuple[str, ...] = ()       # VMSTAT_FIELDS absent from /proc/vmstat (their deltas read 0)
     notes: tuple[str, ...] = ()                # what the live engine does without, and how (feature_notes)
+    collapse_small_einval: bool = True         # MADV_COLLAPSE of a range with no whole PMD: EINVAL (6.18) or 0 (7.3)
 
     @property
     def pagemap(self) -> PagemapFeatures:
@@ -167,6 +168,7 @@ class LiveEnv:
             huge_zero_allocated=self.huge_zero_allocated,
             no_page_mapcount=self.cfg_bool("CONFIG_NO_PAGE_MAPCOUNT", False),
             madv_guard=self.guard_ops,
+            collapse_small_einval=self.collapse_small_einval,
         )
 
 
@@ -299,7 +301,28 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
         config_source=config_source,
         vmstat_missing=vm_missing,
         notes=feature_notes(release, pm, kpageflags=kpf, config_source=config_source, vmstat_missing=vm_missing),
+        collapse_small_einval=probe_collapse_small_range() == "EINVAL",
     )
+
+
+def probe_collapse_small_range() -> str | None:
+    """What MADV_COLLAPSE returns for a 4 KiB range inside a fresh 4 MiB anonymous mapping of this process
+    (madvise_collapse's ``hstart >= hend`` case: EINVAL on 6.18, 0 on Debian's 7.3.4); None: 0. The mapping is
+    this process's own (its first 4 KiB page is written) and is unmapped again."""
+    import ctypes
+
+    from thpsim.live import syscalls as sc
+
+    size = 4 << 20
+    addr, err = sc.mmap(0, size, sc.PROT_READ | sc.PROT_WRITE, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS)
+    if err:
+        return None
+    try:
+        ctypes.memset(addr, 1, 4096)      # an anon_vma: without one both kernels say EINVAL
+        _, err = sc.madvise(addr + 4096, 4096, sc.MADV["collapse"])
+        return err
+    finally:
+        sc.munmap(addr, size)
 
 
 def skip_reason(env: LiveEnv | None = None) -> str | None:
