@@ -289,27 +289,35 @@ def _diff_inject(args: argparse.Namespace, traces: dict[str, Any], guest: Any) -
         step = v.step
         m = next((s for s in (td.model_steps or ()) if s.step == step), None)
         k = next((s for s in (td.live_steps or ()) if s.step == step), None)
+        # the injected op must itself have been compared: a model-only op (or one after it) is not comparable
+        stop = td.diff.stopped_at
+        comparable = (stop is None or stop > step) and len(td.live_steps) > step
+        status = ("identical" if td.identical else "different") if comparable else "not comparable"
         rows.append({"trace": v.source, "step": step, "line": v.line, "op": v.op, "sites": list(v.sites),
-                     "identical": td.identical, "note": td.note,
+                     "status": status, "identical": td.identical and comparable, "note": td.note,
                      "model": {"result": m.result if m else None, "injected": list(m.injected) if m else []},
                      "kernel": {"result": k.result if k else None, "injected": list(k.injected) if k else []},
                      "mismatches": [dataclasses.asdict(x) for x in td.diff.exact]})
-    n_same = sum(r["identical"] for r in rows)
+    n_same = sum(r["status"] == "identical" for r in rows)
+    n_cmp = sum(r["status"] != "not comparable" for r in rows)
     if args.json:
         _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
-               "inject": args.inject, "identical": n_same, "variants": len(rows), "results": rows})
+               "inject": args.inject, "identical": n_same, "comparable": n_cmp, "variants": len(rows),
+               "results": rows})
     else:
         _out(f"{'trace':<44} {'step':>4}  {'op':<36} {'model':>8} {'kernel':>8}  failed allocation (model | kernel)")
         for r in rows:
             mi, ki = ",".join(r["model"]["injected"]) or "-", ",".join(r["kernel"]["injected"]) or "-"
-            state = "" if r["identical"] else f"  DIFFERENT: {len(r['mismatches'])} mismatches {r['note']}"
+            state = {"identical": "", "different": f"  DIFFERENT: {len(r['mismatches'])} mismatches",
+                     "not comparable": f"  not comparable: {r['note']}"}[r["status"]]
             _out(f"{r['trace']:<44.44} {r['step']:>4}  {r['op']:<36.36} {r['model']['result']!s:>8} "
                  f"{r['kernel']['result']!s:>8}  {mi} | {ki}{state}")
             for x in _fmt_mismatches(r["mismatches"], args.max_show):
                 _out("    " + x)
-        _out(f"{n_same}/{len(rows)} injected variants identical (point {args.inject}, model design {args.design}, "
+        _out(f"{n_same}/{n_cmp} comparable injected variants identical ({len(rows) - n_cmp} not comparable: "
+             f"the injected op is model-only or follows one; point {args.inject}, model design {args.design}, "
              f"kernel {env.kernel_release}{' in lab guest ' + args.kernel if args.kernel else ''})")
-    return EXIT_OK if n_same == len(rows) else EXIT_DIFF
+    return EXIT_OK if n_same == n_cmp else EXIT_DIFF
 
 
 def _fmt_mismatches(mismatches: list[dict[str, Any]], n: int) -> list[str]:

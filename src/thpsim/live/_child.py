@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import gc
 import json
 import os
@@ -251,7 +252,12 @@ class Proc:
 
     def fork(self, name: str) -> dict[str, Any]:
         parent_sock, child_sock = socket.socketpair()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:    # ENOMEM (e.g. an injected page-table allocation failure in copy_page_range)
+            parent_sock.close()
+            child_sock.close()
+            return {"result": errno.errorcode.get(e.errno or 0, str(e.errno))}
         if pid == 0:
             parent_sock.close()
             for _n, (_p, _c, s) in self.children.items():
