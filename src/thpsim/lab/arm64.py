@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -196,10 +195,15 @@ def _usrmerge(root: Path) -> None:
 def fetch_arm64_image(spec: KernelSpec, *, name: str, progress: Progress, force: bool = False) -> BuiltKernel:
     """Fetch Debian's arm64 kernel ``spec.package`` (its image, modules and config), write the arm64
     initramfs and assemble the arm64 root folder."""
-    from thpsim.lab.build import BUILDER_VERSION, BuiltKernel, cache_root, find_built, write_index
+    from thpsim.lab.build import (
+        BUILDER_VERSION,
+        BuiltKernel,
+        cached_build,
+        fresh_build_dir,
+        record_build,
+    )
     from thpsim.lab.initramfs import INITRAMFS_MODULES, _module_root, write_initramfs
 
-    root = cache_root() / "lab"
     progress("fetch", f"{spec.package} (arm64) from Debian {spec.suite} (private apt configuration)")
     apt = _workspace()
     apt.update()
@@ -216,13 +220,11 @@ def fetch_arm64_image(spec: KernelSpec, *, name: str, progress: Progress, force:
     rootfs, rootfs_digest = build_rootfs(apt, progress, force=force)
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, "image-arm64", parts, vers, arm64_initramfs_sha256(),
                                      rootfs_digest]).encode()).hexdigest()[:16]
-    cached = find_built(name)
-    if not force and cached and cached.key == key:
-        progress("cached", cached.image)
+    cached = cached_build(name, key, force, progress)
+    if cached:
         return cached
     t0 = time.monotonic()
-    bdir = root / "builds" / f"{name}-{key}"
-    shutil.rmtree(bdir, ignore_errors=True)
+    bdir = fresh_build_dir(name, key)
     try:
         tree = bdir / "pkg"
         for part in parts:
@@ -253,10 +255,7 @@ def fetch_arm64_image(spec: KernelSpec, *, name: str, progress: Progress, force:
                      image=str(image), initrd=str(initrd), arch="arm64",
                      build_seconds=round(time.monotonic() - t0, 1), options=(), kind="image",
                      initramfs_sha256=arm64_initramfs_sha256())
-    (bdir / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
-    write_index(name, bk)
-    progress("done", f"{image} + {initrd.name} ({nmods} modules) + {rootfs}")
-    return bk
+    return record_build(bk, progress, f"{image} + {initrd.name} ({nmods} modules) + {rootfs}")
 
 
 def check_ready(bk: BuiltKernel) -> BuiltKernel:

@@ -226,9 +226,8 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
                                      spec.arch]).encode()).hexdigest()[:16]
     bdir = root / "builds" / f"{name}-{key}"
     image = bdir / "bzImage"
-    cached = find_built(name)
-    if not force and cached and cached.key == key:
-        prog("cached", cached.image)
+    cached = cached_build(name, key, force, prog)
+    if cached:
         return cached
     if not force and image.exists() and (bdir / "meta.json").exists():
         bk = _load_meta(bdir / "meta.json")
@@ -319,10 +318,7 @@ def _install(spec: KernelSpec, name: str, bdir: Path, tree: Path, apt: AptWorksp
                      key=key, directory=str(bdir), image=str(image), initrd=str(initrd), arch=spec.arch,
                      build_seconds=round(time.monotonic() - t0, 1), options=opts,
                      initramfs_sha256=initramfs_sha256())
-    (bdir / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
-    write_index(name, bk)
-    prog("done", f"{image} in {bk.build_seconds:.0f} s")
-    return bk
+    return record_build(bk, prog, f"{image} in {bk.build_seconds:.0f} s")
 
 
 def fresh_initramfs(bk: BuiltKernel) -> BuiltKernel:
@@ -355,6 +351,30 @@ def _known() -> set[str]:
     from thpsim.lab.kernels import KERNELS
 
     return set(KERNELS)
+
+
+def cached_build(name: str, key: str, force: bool, progress: Progress) -> BuiltKernel | None:
+    """The cached build of ``name`` if it has ``key`` (and ``force`` is off)."""
+    cached = find_built(name)
+    if not force and cached and cached.key == key:
+        progress("cached", cached.image)
+        return cached
+    return None
+
+
+def fresh_build_dir(name: str, key: str) -> Path:
+    """An empty build folder for (name, key) under the lab cache."""
+    bdir = cache_root() / "lab" / "builds" / f"{name}-{key}"
+    shutil.rmtree(bdir, ignore_errors=True)
+    return bdir
+
+
+def record_build(bk: BuiltKernel, progress: Progress, detail: str) -> BuiltKernel:
+    """Write the build's meta.json and the name's index; report it done."""
+    (Path(bk.directory) / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
+    write_index(bk.name, bk)
+    progress("done", detail)
+    return bk
 
 
 def _load_meta(p: Path) -> BuiltKernel:

@@ -26,7 +26,6 @@ import shutil
 import stat
 import subprocess
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -264,7 +263,15 @@ def _image_parts(apt: AptWorkspace, package: str, release: str) -> list[str]:
 
 
 def fetch_image(spec: KernelSpec, *, name: str, progress: Progress, force: bool = False) -> BuiltKernel:
-    from thpsim.lab.build import BUILDER_VERSION, BuiltKernel, cache_root, find_built, suites_for, write_index
+    from thpsim.lab.build import (
+        BUILDER_VERSION,
+        BuiltKernel,
+        cache_root,
+        cached_build,
+        fresh_build_dir,
+        record_build,
+        suites_for,
+    )
 
     root = cache_root() / "lab"
     progress("fetch", f"{spec.package} from Debian {spec.suite} (private apt configuration)")
@@ -287,13 +294,11 @@ def fetch_image(spec: KernelSpec, *, name: str, progress: Progress, force: bool 
     ver = apt.version(package)
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, "image", package, ver,
                                      initramfs_sha256()]).encode()).hexdigest()[:16]
-    cached = find_built(name)
-    if not force and cached and cached.key == key:
-        progress("cached", cached.image)
+    cached = cached_build(name, key, force, progress)
+    if cached:
         return cached
     t0 = time.monotonic()
-    bdir = root / "builds" / f"{name}-{key}"
-    shutil.rmtree(bdir, ignore_errors=True)
+    bdir = fresh_build_dir(name, key)
     try:    # a failed fetch leaves no half-unpacked image (hundreds of MB) in the cache
         tree = bdir / "pkg"
         parts = _image_parts(apt, package, release)
@@ -323,7 +328,4 @@ def fetch_image(spec: KernelSpec, *, name: str, progress: Progress, force: bool 
                      image=str(image), initrd=str(initrd), arch=spec.arch,
                      build_seconds=round(time.monotonic() - t0, 1), options=(), kind="image",
                      initramfs_sha256=initramfs_sha256())
-    (bdir / "meta.json").write_text(json.dumps(asdict(bk), indent=1))
-    write_index(name, bk)
-    progress("done", f"{image} + {initrd.name} ({nmods} modules)")
-    return bk
+    return record_build(bk, progress, f"{image} + {initrd.name} ({nmods} modules)")
