@@ -316,3 +316,33 @@ def test_the_series_own_kselftest_passes_in_the_lazy_guest():
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1000)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "# PASSED: 5 / 5 tests passed." in r.stdout
+
+
+FORK_INJ = """{"thpsim": 1, "name": "fork-inj"}
+{"op": "mmap", "id": "a", "len": "2M"}
+{"op": "madvise", "id": "a", "advice": "hugepage"}
+{"op": "write", "id": "a", "fill": true}
+{"op": "fork", "child": "c", "inject": {"at": "pte_alloc_one"}}
+{"op": "write", "proc": "c", "id": "a", "len": "4K"}
+{"op": "read", "id": "a"}
+"""
+
+
+def test_ops_of_a_process_whose_fork_failed_are_not_run_by_the_model():
+    steps = run_model(parse(FORK_INJ), design="upstream", check=True).steps
+    # copy_huge_pmd's deposit for the child fails: fork returns ENOMEM, the child's op is not run
+    assert steps[3].result == "ENOMEM" and steps[3].injected == ("copy_huge_pmd",)
+    assert steps[4].result is None and "does not exist" in steps[4].notes[0]
+    assert steps[5].result == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_guest_skip("upstream-7.3")), reason=str(_guest_skip("upstream-7.3")))
+def test_injected_fork_failure_matches_the_model_in_the_upstream_guest(tmp_path):
+    trace = tmp_path / "fork-inj.jsonl"
+    trace.write_text(FORK_INJ)
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "upstream-7.3", "--json", str(trace)],
+                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0 and out["identical"] == 1, out

@@ -103,6 +103,11 @@ class StepObs:
 _OMIT_WHEN_EMPTY = frozenset({"injected"})
 
 
+def no_process_note(proc: str) -> str:
+    """Both engines' note for an op of a process that does not exist (its fork failed, or it exited)."""
+    return f"process {proc!r} does not exist (its fork failed or it exited): op not run"
+
+
 def to_dict(obj: Any) -> Any:
     """JSON-ready form of an observation (deterministic key order)."""
     if hasattr(obj, "__dataclass_fields__"):

@@ -40,7 +40,7 @@ from thpsim.live import env as live_env
 from thpsim.live import procfs
 from thpsim.live.inject import FailPageAlloc, injection_unavailable
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
-from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs
+from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
 
 MODEL_ONLY_NOTE = "model-only op: not run on the live kernel"
@@ -298,8 +298,9 @@ class _Session:
             self.record(idx, op, None, None, ())
             return
         lp = self.procs.get(op.proc)
-        if lp is None:
-            raise self._fail(f"process {op.proc!r} is not alive on the live side")
+        if lp is None:   # its fork failed (e.g. an injected ENOMEM) or it exited: as the model does
+            self.record(idx, op, None, None, (no_process_note(op.proc),))
+            return
         if op.kind in ("read", "write") and access_faults(
                 lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, op.kind == "write", pku=self.pku,
                 features=self.features):

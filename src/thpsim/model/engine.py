@@ -43,7 +43,7 @@ from thpsim.model.knobs import Knobs
 from thpsim.model.page_alloc import INJECT_POINTS, FailPolicy
 from thpsim.model.shadow import Shadow, compare
 from thpsim.model.vma import VM_DONTCOPY, VM_WIPEONFORK
-from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs
+from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, PROTS, Op, Trace, dumps_op
 
 VMSTAT_REPORTED = frozenset(VMSTAT_FIELDS)
@@ -171,7 +171,7 @@ class Simulator:
         mm = k.procs.get(op.proc)
         if mm is None or not mm.alive:
             # e.g. the fork that should have created it failed (ENOMEM): nothing to run it in
-            k.log.notes.append(f"process {op.proc!r} does not exist (its fork failed or it exited): op not run")
+            k.log.notes.append(no_process_note(op.proc))
             return None, None
         a = self.base + op.start
         sh = self.shadow
