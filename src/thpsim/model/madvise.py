@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
@@ -225,18 +226,51 @@ def _populate(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, write: bool) -
     return 0
 
 
+MAX_MADVISE_GUARD_RETRIES = 3   # mm/madvise.c
+
+
+def _guard_needs_zap(k: Kernel, mm: MM, start: int, end: int) -> bool:
+    """guard_install_pmd_entry / guard_install_pte_entry: a huge PMD, or a populated non-guard PTE, in range."""
+    pt = mm.pt
+    for a, b in pmd_ranges(start, end, k.pmd_size):
+        s = pt.slot(a)
+        if isinstance(s, HugePmd):
+            return True
+        if isinstance(s, PteTable):
+            lo = pt.pte_index(a)
+            for i in range(lo, lo + (b - a) // k.page):
+                e = s.ptes.get(i)
+                if e is not None and e.kind != PTE_GUARD:
+                    return True
+    return False
+
+
 def _guard_install(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
+    """madvise_guard_install() (7.3.4): walk; where something is mapped, zap_vma_range() and walk again, at most
+    MAX_MADVISE_GUARD_RETRIES times, then restart_syscall() — which repeats the whole call. Under the lazy
+    series a zap whose split cannot get its table leaves the PMD huge, so a persistent allocation failure
+    restarts the syscall forever (reported as LIVELOCK after the model's bound); one failure is retried
+    away (measured on lazy-v3-7.3 with fail_page_alloc: the call returns 0)."""
     if v.flags & VM_LOCKED:
         return EINVAL
-    memory.zap_pmd_range(k, mm, v, start, end, caller="madvise_guard_install")
+    for _restart in range(k.max_retries):
+        for _ in range(MAX_MADVISE_GUARD_RETRIES):
+            if not _guard_needs_zap(k, mm, start, end):
+                return _guard_set_markers(k, mm, start, end)
+            memory.zap_pmd_range(k, mm, v, start, end, caller="madvise_guard_install")
+    raise LivelockDetected(f"madvise_guard_install at {start:#x} restarted the syscall {k.max_retries} times: "
+                           f"the range still maps pages after {MAX_MADVISE_GUARD_RETRIES} zaps each "
+                           "(restart_syscall() has no bound)")
+
+
+def _guard_set_markers(k: Kernel, mm: MM, start: int, end: int) -> int:
+    """The walk's install_pte: a guard marker in every none PTE (allocating tables as the walk does)."""
     pt = mm.pt
     a = start
     while a < end:
         if not k.pmd_alloc(mm, a) or not k.pte_alloc(mm, a):
             return ENOMEM
         table = pt.slot(a)
-        if isinstance(table, HugePmd):   # cannot happen after the zap; be safe
-            return EAGAIN
         assert isinstance(table, PteTable)
         table.ptes[pt.pte_index(a)] = Pte(PTE_GUARD)
         a += k.page
