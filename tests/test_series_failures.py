@@ -495,3 +495,25 @@ def test_row38_every_split_call_checks_its_result() -> None:
     assert len(calls) >= 20
     unchecked = [f"{c.file}:{c.line} {c.func}" for c in calls if not c.checked]
     assert unchecked == [], unchecked
+
+
+def test_guard_install_rezaps_then_restarts_like_7_3():
+    """madvise_guard_install(): walk, zap, walk again (MAX_MADVISE_GUARD_RETRIES), then restart_syscall().
+
+    [0, 2M) THP; GUARD_INSTALL of [1M, +4K) needs a split, whose table (lazy) fails once: the re-zap succeeds
+    and the call returns 0 (measured on lazy-v3-7.3 with fail_page_alloc). Failing every time: LIVELOCK."""
+    from dataclasses import replace as _replace
+
+    from thpsim.trace.format import Inject, parse
+
+    t = parse('{"thpsim": 1}\n{"op": "mmap", "id": "a", "len": "2M"}\n'
+              '{"op": "madvise", "id": "a", "advice": "hugepage"}\n{"op": "write", "id": "a", "fill": true}\n'
+              '{"op": "madvise", "id": "a", "off": "1M", "len": "4K", "advice": "guard_install"}\n'
+              '{"op": "read", "id": "a", "off": "1M", "len": "4K"}\n')
+    ops = list(t.ops)
+    once = _replace(t, ops=(*ops[:3], _replace(ops[3], inject=Inject("pte_alloc_one", 1)), ops[4]))
+    s = run_model(once, design="lazy", check=True).steps
+    assert s[3].result == 0 and s[3].injected == ("__split_huge_pmd",) and s[4].result == "SIGSEGV"
+    always = _replace(t, ops=(*ops[:3], _replace(ops[3], inject=Inject("pte_alloc_one", 1 << 20)), ops[4]))
+    s = run_model(always, design="lazy", max_retries=10).steps
+    assert s[3].result == "LIVELOCK" and len(s[3].injected) == 30     # 10 restarts x 3 zaps
