@@ -53,7 +53,8 @@ class Folio:
     """An anonymous folio of order 0 or PMD order."""
 
     __slots__ = ("id", "order", "nr", "pte_mapcount", "entire_mapcount", "nr_pages_mapped", "pins", "anon_exclusive",
-                 "dirty", "swapbacked", "partially_mapped", "on_deferred", "default", "pages", "freed", "mlocked")
+                 "dirty", "swapbacked", "partially_mapped", "on_deferred", "default", "pages", "freed", "mlocked",
+                 "swapcache")
 
     def __init__(self, fid: int, order: int, nr: int) -> None:
         self.id = fid
@@ -69,6 +70,7 @@ class Folio:
         self.dirty = False
         self.swapbacked = True
         self.partially_mapped = False
+        self.swapcache = False       # added to the swap cache by reclaim (add_to_swap) before it unmaps
         self.on_deferred = False
         self.default: Content = ZERO
         self.pages: dict[int, Content] | None = None

@@ -79,6 +79,8 @@ def _maybe_free(k: Kernel, f: Folio) -> bool:
 def deferred_split_folio(k: Kernel, f: Folio, partially_mapped: bool) -> None:
     if not f.large or f.freed:
         return
+    if f.swapcache:   # "Exclude swapcache" (mm/huge_memory.c): reclaim is already handling this folio
+        return
     if partially_mapped and not f.partially_mapped:
         f.partially_mapped = True
         if f.nr == k.nr:

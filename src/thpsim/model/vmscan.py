@@ -158,6 +158,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
         if len(idxs) > 1:
             rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
 
+    f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
     if not _split_pmd_mappings(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc, per_vma=swap_out_vma):
         return "kept"   # folio_mapped() after try_to_unmap: kept (VMAs visited before the failure stay swapped)
     if f.large:
