@@ -40,7 +40,9 @@ def test_pageout_with_thp_swap_swaps_the_thp_whole() -> None:
 
 def test_nr_pagetable_counts_whole_pages_of_upper_tables() -> None:
     t = tf.parse('{"op": "mmap", "id": "a", "len": "8K"}\n{"op": "write", "id": "a", "len": "8K"}')
-    for arch, pt_kb in (("x86_64", 12), ("s390x", 4 + 16 + 16), ("arm64-16k", 16 * 3), ("arm64-64k", 64 * 2)):
+    # arm64-16k: the arena shares its 128 TiB top-level entry with the program text, so its PUD table exists
+    # already (PMD table + PTE table only; measured in the arm64-16k lab guest)
+    for arch, pt_kb in (("x86_64", 12), ("s390x", 4 + 16 + 16), ("arm64-16k", 16 * 2), ("arm64-64k", 64 * 2)):
         r = run_model(t, arch=arch, check=True)
         assert dict(r.steps[-1].meminfo)["PageTables"] == pt_kb, arch
 

@@ -173,6 +173,7 @@ def _report_expectations(trace: Any, steps: Sequence[Any], design: str, as_json:
 def cmd_live(args: argparse.Namespace) -> int:
     from thpsim.lab.remote import jsonl_lines, observe
     from thpsim.observation import to_dict
+    from thpsim.trace.geometry import map_trace
 
     if args.jsonl:          # the batch stream the lab's diff reads (one JSON object per line)
         if args.kernel not in (None, "host"):
@@ -190,7 +191,7 @@ def cmd_live(args: argparse.Namespace) -> int:
     worst = EXIT_OK
     docs = []
     for path in args.traces:
-        trace = _load(path)
+        trace = map_trace(_load(path), batch.env.geometry)     # as the runner ran it (thpsim.trace.geometry)
         tl = batch.get(path)
         if tl.error and not tl.steps:
             raise ThpsimError(tl.error)

@@ -167,6 +167,7 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
     from thpsim.lab.remote import observe
     from thpsim.model.engine import run_model
     from thpsim.trace.format import MODEL_ONLY_OPS
+    from thpsim.trace.geometry import map_trace
 
     paths = list(traces)
     batch = observe(paths, kernel=kernel, guest=guest, stderr=stderr)
@@ -175,7 +176,9 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
     # counters this kernel does not have cannot be compared (thp_split_pmd_failed exists only with the series)
     skip = frozenset(env.vmstat_missing) | (frozenset() if env.has_split_pmd_failed
                                             else frozenset({"thp_split_pmd_failed"}))
-    models = {p: run_model(t, design=design, knobs=knobs, check=True) for p, t in traces.items()}
+    arch = env.arch_profile or "x86_64"
+    models = {p: run_model(map_trace(t, env.geometry), design=design, arch=arch, knobs=knobs, check=True)
+              for p, t in traces.items()}
     out: dict[str, TraceDiff] = {}
     for p in paths:
         tl = batch.get(p)

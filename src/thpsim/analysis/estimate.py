@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 from thpsim.analysis.snapshot import Snapshot, load_snapshot, read_live, selected_mode
 from thpsim.errors import ThpsimError
-from thpsim.model.arch import ARCHES, Arch
+from thpsim.model.arch import resolve_arch
 
 DASK_HINT = "pip install 'thpsim[dask]'"
 PTE_BYTES = 8          # sizeof(pte_t) on every 64-bit arch thpsim knows
@@ -107,31 +107,6 @@ class FleetEstimate:
 
 
 # --------------------------------------------------------------------------------------------------- arch
-
-
-_MACHINE_TO_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "s390x": "s390x", "riscv64": "riscv64"}
-
-
-def resolve_arch(machine: str, hpage_pmd_size: int, page_size: int, mmu: str | None) -> tuple[Arch | None, str]:
-    """The thpsim arch profile for ``uname -m`` + THP size + page size (+ powerpc MMU), with a note."""
-    name: str | None = _MACHINE_TO_ARCH.get(machine)
-    if machine in ("aarch64", "arm64"):
-        name = {4096: "arm64-4k", 16384: "arm64-16k", 65536: "arm64-64k"}.get(page_size)
-    elif machine.startswith("ppc64"):
-        kind = (mmu or "").lower()
-        if kind.startswith("hash") or (not kind and hpage_pmd_size == 16 << 20):
-            name = "ppc64-hash"
-        elif page_size == 65536:
-            name = "ppc64-radix"
-        else:
-            name = None
-    if name is None:
-        return None, f"no thpsim arch profile for machine {machine!r} (page size {page_size})"
-    arch = ARCHES[name]
-    if hpage_pmd_size and arch.pmd_size != hpage_pmd_size:
-        return None, (f"machine {machine!r} maps to profile {name} but hpage_pmd_size {hpage_pmd_size} != "
-                      f"{arch.pmd_size}")
-    return arch, f"profile {name}"
 
 
 def _arch_terms(snap: Snapshot) -> tuple[str, int, bool, str]:

@@ -184,9 +184,9 @@ class Proc:
                    {"kind": "mlock", "start": 0, "length": S.PAGE_SIZE, "flags": ["onfault"]},
                    {"kind": "munlock", "start": 0, "length": S.PAGE_SIZE},
                    {"kind": "mremap", "start": 0, "length": S.PAGE_SIZE, "new_length": S.PAGE_SIZE, "flags": []},
-                   {"kind": "write", "start": 0, "length": 0, "stride": 4096, "byte": 1, "fill": False},
-                   {"kind": "write", "start": 0, "length": 0, "stride": 4096, "byte": 1, "fill": True},
-                   {"kind": "read", "start": 0, "length": 0, "stride": 4096}):
+                   {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": False},
+                   {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": True},
+                   {"kind": "read", "start": 0, "length": 0, "stride": S.PAGE_SIZE}):
             self.do_op(op)
         drain_lru()
         del a
@@ -223,11 +223,11 @@ class Proc:
                     ctypes.memset(addr, byte, length)
             else:
                 memset = ctypes.memset
-                for a in range(addr, addr + length, op.get("stride", 4096)):
+                for a in range(addr, addr + length, op.get("stride", S.PAGE_SIZE)):
                     memset(a, byte, 1)
             return {"result": 0}
         if kind == "read":
-            stride = op.get("stride", 4096)
+            stride = op.get("stride", S.PAGE_SIZE)
             data = bytes((ctypes.c_ubyte * length).from_address(addr)[0:length:stride]) if length else b""
             return {"result": 0, "data": f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"}
         if kind == "fork":

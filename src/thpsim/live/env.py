@@ -20,14 +20,18 @@ import re
 from dataclasses import dataclass
 
 from thpsim.live import features as F
+from thpsim.live import syscalls as S
 from thpsim.live.pagemap import PagemapFeatures, no_scan_message, pagemap_features
+from thpsim.model.arch import resolve_arch
 from thpsim.model.knobs import Knobs
 from thpsim.observation import VMSTAT_FIELDS
+from thpsim.trace.geometry import Geometry
 
 THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 CONFIG_OPTIONS = ("CONFIG_PT_RECLAIM", "CONFIG_PERSISTENT_HUGE_ZERO_FOLIO", "CONFIG_PGTABLE_LEVELS",
                   "CONFIG_THP_SWAP", "CONFIG_NO_PAGE_MAPCOUNT", "CONFIG_TRANSPARENT_HUGEPAGE")
-PMD_SIZE_KB = 2048
+PMD_SIZE_KB = S.PMD_SIZE // 1024
+LIVE_MACHINES = ("x86_64", "aarch64")     # where the live runner's syscall numbers and arena layout are known
 
 
 def _read(path: str) -> str | None:
@@ -130,6 +134,14 @@ class LiveEnv:
     vmstat_missing: tuple[str, ...] = ()       # VMSTAT_FIELDS absent from /proc/vmstat (their deltas read 0)
     notes: tuple[str, ...] = ()                # what the live engine does without, and how (feature_notes)
     collapse_small_einval: bool = True         # MADV_COLLAPSE of a range with no whole PMD: EINVAL (6.18) or 0 (7.3)
+    page_size: int = 4096                      # sysconf(_SC_PAGESIZE)
+    pmd_size: int = 2 << 20                    # transparent_hugepage/hpage_pmd_size
+    arch_profile: str | None = "x86_64"        # the model's arch profile for this machine (None: none fits)
+
+    @property
+    def geometry(self) -> Geometry:
+        """This kernel's page and PMD size: traces are mapped onto it (thpsim.trace.geometry)."""
+        return Geometry(self.page_size, self.pmd_size)
 
     @property
     def pagemap(self) -> PagemapFeatures:
@@ -158,9 +170,9 @@ class LiveEnv:
             thp_defrag=self.thp_defrag or "madvise",
             use_zero_page=bool(self.use_zero_page),
             pt_reclaim=self.cfg_bool("CONFIG_PT_RECLAIM", False),
-            max_ptes_none=kh.get("max_ptes_none", 511),
-            max_ptes_swap=kh.get("max_ptes_swap", 64),
-            max_ptes_shared=kh.get("max_ptes_shared", 256),
+            max_ptes_none=kh.get("max_ptes_none"),
+            max_ptes_swap=kh.get("max_ptes_swap"),
+            max_ptes_shared=kh.get("max_ptes_shared"),
             swap=self.swap_present,
             thp_swap=self.cfg_bool("CONFIG_THP_SWAP", True),
             pgtable_levels=self.pgtable_levels_runtime,
@@ -267,8 +279,12 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
             unsupported.append(f"mTHP hugepages-{size} enabled={setting}: the model only has PMD-sized THPs")
     if shmem not in (None, "never", "deny"):
         unsupported.append(f"shmem_enabled={shmem}: the model does not model shmem THPs (the arena is anonymous)")
-    if platform.machine() != "x86_64":
-        unsupported.append(f"arch {platform.machine()}: the live runner is validated on x86_64 only")
+    machine = platform.machine()
+    profile, how = resolve_arch(machine, S.PMD_SIZE if enabled is not None else 0, S.PAGE_SIZE, None)
+    if machine not in LIVE_MACHINES:
+        unsupported.append(f"arch {machine}: the live runner knows the syscalls of {', '.join(LIVE_MACHINES)} only")
+    elif profile is None:
+        unsupported.append(f"arch {machine}: {how}")
     if levels == 5:
         unsupported.append("5-level paging at run time: the arena shares its P4D/PGD slot layout differently")
     thp_ok = enabled is not None and enabled != "never"
@@ -302,34 +318,37 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
         vmstat_missing=vm_missing,
         notes=feature_notes(release, pm, kpageflags=kpf, config_source=config_source, vmstat_missing=vm_missing),
         collapse_small_einval=probe_collapse_small_range() == "EINVAL",
+        page_size=S.PAGE_SIZE,
+        pmd_size=S.PMD_SIZE,
+        arch_profile=profile.name if profile else None,
     )
 
 
 def probe_collapse_small_range() -> str | None:
-    """What MADV_COLLAPSE returns for a 4 KiB range inside a fresh 4 MiB anonymous mapping of this process
+    """What MADV_COLLAPSE returns for a one-page range inside a fresh two-PMD anonymous mapping of this process
     (madvise_collapse's ``hstart >= hend`` case: EINVAL on 6.18, 0 on Debian's 7.3.4); None: 0. The mapping is
-    this process's own (its first 4 KiB page is written) and is unmapped again."""
+    this process's own (its first page is written) and is unmapped again."""
     import ctypes
 
-    from thpsim.live import syscalls as sc
-
-    size = 4 << 20
-    addr, err = sc.mmap(0, size, sc.PROT_READ | sc.PROT_WRITE, sc.MAP_PRIVATE | sc.MAP_ANONYMOUS)
+    size, page = 2 * S.PMD_SIZE, S.PAGE_SIZE
+    addr, err = S.mmap(0, size, S.PROT_READ | S.PROT_WRITE, S.MAP_PRIVATE | S.MAP_ANONYMOUS)
     if err:
         return None
     try:
-        ctypes.memset(addr, 1, 4096)      # an anon_vma: without one both kernels say EINVAL
-        _, err = sc.madvise(addr + 4096, 4096, sc.MADV["collapse"])
+        ctypes.memset(addr, 1, page)      # an anon_vma: without one both kernels say EINVAL
+        _, err = S.madvise(addr + page, page, S.MADV["collapse"])
         return err
     finally:
-        sc.munmap(addr, size)
+        S.munmap(addr, size)
 
 
 def skip_reason(env: LiveEnv | None = None) -> str | None:
     """Why the live engine cannot run here (for tests and the CLI), or None."""
     e = env or detect()
-    if e.arch != "x86_64":
-        return f"the live engine needs x86_64 (this is {e.arch})"
+    if e.arch not in LIVE_MACHINES:
+        return f"the live engine needs {' or '.join(LIVE_MACHINES)} (this is {e.arch})"
+    if e.arch_profile is None:
+        return f"no thpsim arch profile fits this {e.arch} kernel ({e.page_size}-byte pages, {e.pmd_size}-byte PMD)"
     if e.thp_enabled is None:
         return f"THP is not available: {THP_DIR}/enabled does not exist"
     if not e.thp_available:

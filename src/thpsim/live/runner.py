@@ -38,10 +38,12 @@ from typing import Any
 from thpsim.errors import ThpsimError
 from thpsim.live import env as live_env
 from thpsim.live import procfs
+from thpsim.live import syscalls as S
 from thpsim.live.inject import FailPageAlloc, injection_unavailable
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
+from thpsim.trace.geometry import Geometry, map_trace
 
 MODEL_ONLY_NOTE = "model-only op: not run on the live kernel"
 CALIBRATION_PROC = "__calibration__"
@@ -345,12 +347,14 @@ def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
 
     ``allow_sysfs`` is accepted for the CLI; this version never writes sysfs, so model-only ops
     (format.MODEL_ONLY_OPS, including khugepaged) are always recorded with result None and a note.
+    A trace is mapped onto this kernel's page and PMD size first (:func:`thpsim.trace.geometry.map_trace`).
     Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
     Exit of ``main`` exits every still-live trace process first (the final observation lists none).
     ``features`` replaces the probed pagemap features (tests simulate older kernels on this one); what the
     kernel lacks is noted on the first step (:func:`thpsim.live.env.feature_notes`).
     """
     del allow_sysfs
+    trace = map_trace(trace, Geometry(S.PAGE_SIZE, S.PMD_SIZE))    # a 4K/2M trace on this kernel's pages
     s = _Session(trace, timeout, features)
     try:
         s.start()

@@ -1,6 +1,8 @@
-"""x86-64 Linux constants and thin ctypes wrappers for the memory syscalls the live runner issues.
+"""Linux constants and thin ctypes wrappers for the memory syscalls the live runner issues (x86-64, arm64).
 
-Values checked against include/uapi/asm-generic/mman-common.h, include/uapi/asm-generic/mman.h,
+The page and PMD sizes are this kernel's (``sysconf(_SC_PAGESIZE)`` and ``transparent_hugepage/hpage_pmd_size``:
+16 KiB and 32 MiB on arm64 with 16K pages). The mmap/madvise values are the generic ones both arches use; the
+one syscall number issued directly (mlock2) is per arch. Values checked against include/uapi/asm-generic/mman-common.h, include/uapi/asm-generic/mman.h,
 include/uapi/linux/mman.h and include/uapi/linux/fs.h (PAGEMAP_SCAN, PAGE_IS_*). Every wrapper returns
 ``(result, errno_name)``: ``errno_name`` is ``None`` on success and the errno.errorcode name on failure.
 Nothing here prints.
@@ -11,9 +13,20 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno as _errno
+import os
+import platform
 
-PAGE_SIZE = 4096
-PMD_SIZE = 2 * 1024 * 1024
+
+def _pmd_size(page: int) -> int:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return page * (page // 8)          # PTRS_PER_PTE 8-byte entries fill one page
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+PMD_SIZE = _pmd_size(PAGE_SIZE)
 
 # mmap prot / flags (asm-generic/mman-common.h, x86 asm/mman.h)
 PROT_NONE, PROT_READ, PROT_WRITE, PROT_EXEC = 0, 1, 2, 4
@@ -115,7 +128,9 @@ def libc() -> ctypes.CDLL:
     return _libc
 
 
-SYS_MLOCK2 = 325  # x86_64
+# the only syscall issued by number (glibc before 2.27 has no mlock2 wrapper): arch/x86/entry/syscalls/
+# syscall_64.tbl and include/uapi/asm-generic/unistd.h (arm64, riscv64)
+SYS_MLOCK2 = {"x86_64": 325, "aarch64": 284, "riscv64": 284}.get(platform.machine(), 325)
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 

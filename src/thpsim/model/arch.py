@@ -79,6 +79,31 @@ ARCHES["arm64"] = ARCHES["arm64-4k"]
 ARCHES["ppc64"] = ARCHES["ppc64-radix"]
 
 
+_MACHINE_TO_ARCH = {"x86_64": "x86_64", "amd64": "x86_64", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+def resolve_arch(machine: str, hpage_pmd_size: int, page_size: int, mmu: str | None) -> tuple[Arch | None, str]:
+    """The thpsim arch profile for ``uname -m`` + THP size + page size (+ powerpc MMU), with a note."""
+    name: str | None = _MACHINE_TO_ARCH.get(machine)
+    if machine in ("aarch64", "arm64"):
+        name = {4096: "arm64-4k", 16384: "arm64-16k", 65536: "arm64-64k"}.get(page_size)
+    elif machine.startswith("ppc64"):
+        kind = (mmu or "").lower()
+        if kind.startswith("hash") or (not kind and hpage_pmd_size == 16 << 20):
+            name = "ppc64-hash"
+        elif page_size == 65536:
+            name = "ppc64-radix"
+        else:
+            name = None
+    if name is None:
+        return None, f"no thpsim arch profile for machine {machine!r} (page size {page_size})"
+    arch = ARCHES[name]
+    if hpage_pmd_size and arch.pmd_size != hpage_pmd_size:
+        return None, (f"machine {machine!r} maps to profile {name} but hpage_pmd_size {hpage_pmd_size} != "
+                      f"{arch.pmd_size}")
+    return arch, f"profile {name}"
+
+
 def get_arch(name: str) -> Arch:
     try:
         return ARCHES[name]

@@ -350,10 +350,10 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
 
 
 def thp_underused(k: Kernel, f: Folio) -> bool:
-    if k.knobs.max_ptes_none == k.nr - 1:
+    if k.max_ptes_none == k.nr - 1:
         return False
     zero = sum(1 for i in range(f.nr) if f.subpage_is_zero(i))
-    return zero > k.knobs.max_ptes_none
+    return zero > k.max_ptes_none
 
 
 def deferred_split_scan(k: Kernel) -> int:

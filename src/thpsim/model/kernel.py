@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from thpsim.errors import ThpsimError
 from thpsim.model.arch import Arch
 from thpsim.model.design import Design
 from thpsim.model.folio import Folio
@@ -18,6 +19,7 @@ from thpsim.model.page_alloc import FailPolicy, PageAllocator
 from thpsim.model.pgtable import PageTables
 from thpsim.model.vma import VmaTree
 from thpsim.model.vmstat import VmStat
+from thpsim.trace.format import ARENA_BASE
 
 # fault results (include/linux/mm_types.h vm_fault_reason)
 VM_FAULT_OK = 0
@@ -31,7 +33,7 @@ class MM:
 
     def __init__(self, name: str, arch: Arch) -> None:
         self.name = name
-        self.pt = PageTables(arch)
+        self.pt = PageTables(arch, ARENA_BASE)
         self.vmas = VmaTree()
         self.anon_pages = 0        # MM_ANONPAGES
         self.swap_ents = 0         # MM_SWAPENTS
@@ -49,10 +51,23 @@ class StepLog:
     notes: list[str] = field(default_factory=list)
 
 
+def _max_ptes(arch: Arch, name: str, value: int | None, default: int) -> int:
+    if value is None:
+        return default
+    if value > arch.hpage_pmd_nr - 1:
+        raise ThpsimError(f"{name} must be 0..{arch.hpage_pmd_nr - 1} on {arch.name} (got {value})")
+    return value
+
+
 class Kernel:
     def __init__(self, arch: Arch, knobs: Knobs, design: Design, policy: FailPolicy | None = None,
                  *, max_retries: int = 10_000) -> None:
         self.arch = arch
+        nr = arch.hpage_pmd_nr
+        # khugepaged_init's defaults for None; a value above HPAGE_PMD_NR - 1 is EINVAL in the sysfs store
+        self.max_ptes_none, self.max_ptes_swap, self.max_ptes_shared = (
+            _max_ptes(arch, name, getattr(knobs, name), default)
+            for name, default in (("max_ptes_none", nr - 1), ("max_ptes_swap", nr // 8), ("max_ptes_shared", nr // 2)))
         self.knobs = knobs
         self.design = design.for_arch(arch)
         self.alloc = PageAllocator(policy or FailPolicy())
@@ -162,6 +177,8 @@ class Kernel:
         self.alloc.free(1)
 
     def free_pud_table(self, mm: MM, addr: int) -> None:
+        if (addr >> mm.pt.p4d_shift) in mm.pt.preexisting_pud:
+            return                  # the program text's PUD table (pgtable.PageTables.preexisting_pud)
         mm.pt.pud_tables.discard(addr >> mm.pt.p4d_shift)
         mm.pt.nr_puds -= 1
         self.vmstat.nr_pagetable_bytes -= self.arch.pud_nr_pagetable_bytes

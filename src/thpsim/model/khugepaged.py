@@ -55,7 +55,7 @@ def scan_pmd(k: Kernel, mm: MM, vma: Vma, haddr: int, *, is_khugepaged: bool) ->
         pte = s.ptes.get(i)
         if pte is None or pte.kind == PTE_ZERO:
             none_or_zero += 1
-            if is_khugepaged and none_or_zero > k.knobs.max_ptes_none:
+            if is_khugepaged and none_or_zero > k.max_ptes_none:
                 k.vmstat.count("thp_scan_exceed_none_pte")
                 return SCAN_EXCEED_NONE_PTE
             continue
@@ -67,7 +67,7 @@ def scan_pmd(k: Kernel, mm: MM, vma: Vma, haddr: int, *, is_khugepaged: bool) ->
         assert f is not None
         if f.page_mapcount(pte.idx) > 1:
             shared += 1
-            if is_khugepaged and shared > k.knobs.max_ptes_shared:
+            if is_khugepaged and shared > k.max_ptes_shared:
                 k.vmstat.count("thp_scan_exceed_share_pte")
                 return SCAN_EXCEED_SHARED_PTE
         if f.pins:

@@ -22,9 +22,11 @@ class Knobs:
     thp_defrag: str = "madvise"
     use_zero_page: bool = True
     pt_reclaim: bool = True
-    max_ptes_none: int = 511
-    max_ptes_swap: int = 64
-    max_ptes_shared: int = 256
+    # khugepaged's limits; None: the kernel's defaults for the arch (HPAGE_PMD_NR - 1, / 8, / 2: 511, 64, 256 on
+    # x86-64), resolved by Kernel (mm/khugepaged.c khugepaged_init)
+    max_ptes_none: int | None = None
+    max_ptes_swap: int | None = None
+    max_ptes_shared: int | None = None
     swap: bool = False
     thp_swap: bool = True
     pgtable_levels: int = 4
@@ -37,8 +39,10 @@ class Knobs:
     def __post_init__(self) -> None:
         if self.thp_enabled not in THP_MODES:
             raise ThpsimError(f"thp_enabled must be one of {', '.join(THP_MODES)} (got {self.thp_enabled!r})")
-        if not 0 <= self.max_ptes_none <= 511:
-            raise ThpsimError(f"max_ptes_none must be 0..511 (got {self.max_ptes_none})")
+        for name in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared"):   # the upper bound is per arch
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):   # (Kernel: HPAGE_PMD_NR - 1)
+                raise ThpsimError(f"{name} must be a number of PTEs, 0 or more (got {v!r})")
         if self.pgtable_levels not in (4, 5):
             raise ThpsimError(f"pgtable_levels must be 4 or 5 (got {self.pgtable_levels})")
 

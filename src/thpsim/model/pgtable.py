@@ -7,6 +7,12 @@ is either a :class:`PteTable` or a :class:`HugePmd`. ``pgtables_bytes`` counts P
 PGD are never counted (spec upstream.md checklist 1). Deposited tables are fungible, so only their count per PMD
 table is kept. ``nr_pagetable`` mirrors NR_PAGETABLE (/proc/meminfo PageTables) for this mm's tables.
 
+Where the arena shares its top-level (PGD) entry with the program's text — arm64 with 16K pages: one entry
+covers 128 TiB, so the arena at 32 TiB sits in entry 0 beside a non-PIE python at 4 MiB — the PUD table the
+arena hangs off exists before the trace starts and is never freed by it (``preexisting_pud``); measured in the
+arm64-16k lab guest (7.3.4): the first THP adds 32 KiB of VmPTE there (PMD table + deposit), 48 KiB would have
+a fresh PUD table too. On x86-64 (512 GiB per entry) the arena's entry is its own.
+
 Left out: PGD/P4D allocation (not in pgtables_bytes), PUD-mapped THPs, file/DAX PMDs.
 """
 
@@ -81,13 +87,15 @@ class PmdTable:
 class PageTables:
     """The page-table tree of one mm, with the counters behind VmPTE."""
 
-    def __init__(self, arch: Arch) -> None:
+    def __init__(self, arch: Arch, arena_base: int = 0) -> None:
         self.arch = arch
         self.pmd_shift = (arch.pmd_size).bit_length() - 1
         self.pud_shift = (arch.pud_size).bit_length() - 1
         self.p4d_shift = (arch.p4d_size).bit_length() - 1
         self.page_shift = (arch.page_size).bit_length() - 1
         self.pud_tables: set[int] = set()           # keyed by addr >> p4d_shift
+        # the arena's top-level entry also maps the program's text: its PUD table is not the trace's
+        self.preexisting_pud: frozenset[int] = frozenset({0}) if 0 < arena_base < arch.p4d_size else frozenset()
         self.pmd_tables: dict[int, PmdTable] = {}   # keyed by addr >> pud_shift
         self.slots: dict[int, PteTable | HugePmd] = {}  # keyed by addr >> pmd_shift
         self.nr_ptes = 0
@@ -111,7 +119,7 @@ class PageTables:
         return self.pmd_tables.get(addr >> self.pud_shift)
 
     def has_pud_table(self, addr: int) -> bool:
-        return (addr >> self.p4d_shift) in self.pud_tables
+        return (addr >> self.p4d_shift) in self.pud_tables or (addr >> self.p4d_shift) in self.preexisting_pud
 
     def pte_index(self, addr: int) -> int:
         return (addr >> self.page_shift) & (self.arch.ptrs_per_pte - 1)

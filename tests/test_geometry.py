@@ -1,0 +1,85 @@
+"""trace/geometry.py: 4K/2M traces mapped page-for-page, PMD-for-PMD onto other page sizes.
+
+Address diagrams are arena offsets; one cell is one base page, ``|`` a PMD boundary::
+
+    x86-64    |0 .. 1M .. 2M|2M+4K ..        (512 pages per PMD)
+    arm64-16k |0 .. 256 pages .. 32M|32M+16K (2048 pages per PMD)
+"""
+
+from __future__ import annotations
+
+import glob
+
+import pytest
+
+from thpsim.errors import ThpsimError
+from thpsim.model.arch import ARCHES
+from thpsim.model.engine import run_model
+from thpsim.trace.format import load, parse
+from thpsim.trace.geometry import TRACE_GEOMETRY, Geometry, check_geometry, map_offset, map_trace
+
+K, M = 1024, 1024 * 1024
+G16 = Geometry(16 * K, 32 * M)
+
+
+def test_offsets_keep_their_page_and_pmd() -> None:
+    # start, middle and end of a PMD keep their place; sub-page bytes keep theirs from the page's start or end
+    assert [map_offset(v, G16) for v in (0, 4 * K, 1 * M, 1 * M + 4 * K, 2 * M, 2 * M + 4 * K, 4 * M - 4 * K,
+                                         100, 2 * M - 1)] == \
+        [0, 16 * K, 16 * M, 16 * M + 16 * K, 32 * M, 32 * M + 16 * K, 64 * M - 16 * K, 100, 32 * M - 1]
+
+
+def test_the_mapping_is_monotonic_and_the_identity_on_x86() -> None:
+    x86 = Geometry(4 * K, 2 * M)
+    vals = list(range(0, 4 * M, 1024)) + [2 * M - 1, 2047, 2048, 4095]
+    assert all(map_offset(v, x86) == v for v in vals)
+    mapped = [map_offset(v, G16) for v in sorted(vals)]
+    assert mapped == sorted(mapped)
+
+
+def test_ranges_map_by_their_ends() -> None:
+    # [1M, 2M) of a THP: the second half on x86-64, the second half of the 16K-page THP
+    t = parse('{"op": "mmap", "id": "a", "len": "2M"}\n{"op": "madvise", "id": "a", "off": "1M", "len": "1M", '
+              '"advice": "dontneed", "expect": {"result": 0}}\n{"op": "write", "id": "a", "stride": "4K"}')
+    m = map_trace(t, G16)
+    assert (m.ops[0].start, m.ops[0].length) == (0, 32 * M)
+    assert (m.ops[1].start, m.ops[1].length) == (16 * M, 16 * M)
+    assert m.ops[1].expect == ()                     # x86-64 numbers are dropped
+    assert m.ops[2].stride == 16 * K
+    assert m.regions == (("a", 0, 32 * M),)
+
+
+def test_straddling_range_still_straddles() -> None:
+    # [2M-4K, 2M+4K): the last page of one PMD and the first of the next
+    t = parse('{"op": "mmap", "id": "a", "len": "4M"}\n{"op": "munmap", "id": "a", "off": "2M-4K", "len": "8K"}')
+    op = map_trace(t, G16).ops[1]
+    assert (op.start, op.start + op.length) == (32 * M - 16 * K, 32 * M + 16 * K)
+
+
+def test_native_geometry_is_the_identity() -> None:
+    t = load("scenarios/cold-partial.jsonl")
+    assert map_trace(t, TRACE_GEOMETRY) is t
+
+
+@pytest.mark.parametrize("arch", ["s390x", "ppc64-hash", "ppc64-radix"])
+def test_fewer_than_512_pages_per_pmd_is_refused(arch: str) -> None:
+    a = ARCHES[arch]
+    with pytest.raises(ThpsimError, match="fewer than the 512 pages"):
+        check_geometry(Geometry(a.page_size, a.pmd_size))
+
+
+def test_every_scenario_maps_onto_arm64_16k_and_runs() -> None:
+    paths = sorted(glob.glob("scenarios/*.jsonl") + glob.glob("scenarios/series/*.jsonl"))
+    assert paths
+    for p in paths:
+        r = run_model(map_trace(load(p), G16), arch="arm64-16k", design="lazy", check=True)
+        assert r.violations == [], p
+
+
+def test_a_mapped_thp_is_one_16k_thp() -> None:
+    """cold-partial on arm64-16k: one 32M THP, MADV_COLD of its first half splits it; VmPTE is the PMD
+    table + the deposit (the PUD table is the program text's: 32 KiB measured in the arm64-16k guest)."""
+    r = run_model(map_trace(load("scenarios/cold-partial.jsonl"), G16), arch="arm64-16k", check=True)
+    write, cold = r.steps[2], r.steps[3]
+    assert write.procs[0].vm_pte_kb == 32 and write.procs[0].rss_anon_kb == 32 * 1024
+    assert write.counter("thp_fault_alloc") == 1 and cold.counter("thp_split_pmd") == 1
