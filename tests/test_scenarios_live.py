@@ -42,5 +42,7 @@ def test_model_matches_live_kernel(path: str) -> None:
         if d.background_collapse is None and any(not m.field.startswith("vmstat.") for m in d.exact):
             break
     assert d is not None and d.identical, "\n".join(m.describe() for m in d.exact[:15])
-    assert d.compared_steps == len(trace.ops)
+    # every step up to the first model-only op (khugepaged runs for real only inside a lab guest)
+    upto = next((i for i, op in enumerate(trace.ops) if op.kind in tf.MODEL_ONLY_OPS), len(trace.ops))
+    assert d.compared_steps == upto
     assert check_expectations(trace, live) == []

@@ -253,11 +253,13 @@ def cmd_diff(args: argparse.Namespace) -> int:
     where = f"lab guest {args.kernel}" if args.kernel else "this host"
     if args.json:
         _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
+               "arch": env.arch_profile, "page_size": env.page_size, "pmd_size": env.pmd_size,
                "unsupported": list(env.unsupported), "identical": n_same, "runs": len(results),
                "results": results})
     else:
-        _out(f"{n_same}/{len(results)} runs identical (model design {args.design}; kernel "
-             f"{env.kernel_release} on {where})")
+        geo = "" if env.geometry.is_trace_native else f", traces mapped onto {env.geometry.describe()}"
+        _out(f"{n_same}/{len(results)} runs identical (model design {args.design}, arch {env.arch_profile}{geo}; "
+             f"kernel {env.kernel_release} on {where})")
     return worst
 
 
@@ -303,6 +305,7 @@ def _diff_inject(args: argparse.Namespace, traces: dict[str, Any], guest: Any) -
     n_cmp = sum(r["status"] != "not comparable" for r in rows)
     if args.json:
         _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
+               "arch": env.arch_profile, "page_size": env.page_size, "pmd_size": env.pmd_size,
                "inject": args.inject, "identical": n_same, "comparable": n_cmp, "variants": len(rows),
                "results": rows})
     else:

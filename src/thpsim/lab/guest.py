@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ from thpsim.errors import ThpsimError
 from thpsim.lab.apt import LabStepError
 from thpsim.lab.build import BuiltKernel, cache_root, find_built, fresh_initramfs
 from thpsim.lab.kernels import HOST, get_kernel
+from thpsim.live.khugepaged import GUEST_SCAN_SLEEP_MS
 
 __all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_argv", "qemu_command", "THP_DIR"]
 
@@ -67,7 +69,10 @@ class GuestConfig:
             raise ThpsimError(f"--accel must be auto, kvm or tcg (got {self.accel!r})")
 
     def sysfs_values(self) -> list[tuple[str, str]]:
+        """THP mode, khugepaged asleep (it collapses only at a trace's khugepaged op: thpsim.live.khugepaged),
+        then the user's values (which win)."""
         vals = [(f"{THP_DIR}/enabled", self.thp)] if self.thp else []
+        vals.append((f"{THP_DIR}/khugepaged/scan_sleep_millisecs", str(GUEST_SCAN_SLEEP_MS)))
         return vals + list(self.sysfs)
 
 
@@ -110,9 +115,9 @@ def _run_dir(kernel: str) -> Path:
         with contextlib.suppress(OSError):
             if now - old.stat().st_mtime > KEEP_SECONDS:
                 shutil.rmtree(old, ignore_errors=True)
-    d = base / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{kernel}"
-    d.mkdir()
-    return d
+    # unique even for two boots of one process in one second (the accel probe, then the job)
+    return Path(tempfile.mkdtemp(prefix=f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-", suffix=f"-{kernel}",
+                                 dir=base))
 
 
 def qemu_command(bk: BuiltKernel, cfg: GuestConfig, run: Path, accel: str) -> list[str]:

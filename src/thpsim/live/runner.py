@@ -40,6 +40,7 @@ from thpsim.live import env as live_env
 from thpsim.live import procfs
 from thpsim.live import syscalls as S
 from thpsim.live.inject import FailPageAlloc, injection_unavailable
+from thpsim.live.khugepaged import KhugepagedTrigger
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
@@ -157,6 +158,7 @@ class _Session:
         self.procs: dict[str, _LiveProc] = {}
         self.child_base: procfs.Status | None = None
         self.pku = _has_pku()
+        self.khugepaged = KhugepagedTrigger() if KhugepagedTrigger.unavailable() is None else None
         self.fpa: FailPageAlloc | None = None
         if any(op.inject is not None for op in trace.ops):
             why = injection_unavailable()
@@ -293,6 +295,10 @@ class _Session:
         self.vm0, self.mi0 = self.globals_now()
 
     def run_op(self, idx: int, op: Op) -> None:
+        if op.kind == "khugepaged" and self.khugepaged is not None:    # lab guests: the real thread
+            collapsed, kh_notes = self.khugepaged.full_scan()
+            self.record(idx, op, collapsed, None, kh_notes)
+            return
         if op.kind in MODEL_ONLY_OPS:
             self.record(idx, op, None, None, (MODEL_ONLY_NOTE,))
             return
@@ -345,8 +351,9 @@ def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
              features: PagemapFeatures | None = None) -> list[StepObs]:
     """Run ``trace`` on the live kernel in a fresh child process; one StepObs per op.
 
-    ``allow_sysfs`` is accepted for the CLI; this version never writes sysfs, so model-only ops
-    (format.MODEL_ONLY_OPS, including khugepaged) are always recorded with result None and a note.
+    ``allow_sysfs`` is accepted for the CLI; the runner writes sysfs only inside a lab guest, where the
+    ``khugepaged`` op wakes the real thread (:mod:`thpsim.live.khugepaged`); elsewhere it and the other model-only
+    ops (format.MODEL_ONLY_OPS) are recorded with result None and a note.
     A trace is mapped onto this kernel's page and PMD size first (:func:`thpsim.trace.geometry.map_trace`).
     Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
     Exit of ``main`` exits every still-live trace process first (the final observation lists none).
