@@ -341,3 +341,20 @@ def test_injected_fork_failure_matches_the_model_in_the_upstream_guest(tmp_path)
                        capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["identical"] == 1, out
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_guest_skip("lazy-v3-7.3")), reason=str(_guest_skip("lazy-v3-7.3")))
+def test_khugepaged_op_runs_for_real_in_the_lazy_guest():
+    # the khugepaged op wakes the guest's khugepaged: every step is compared, collapse counts included
+    paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("khugepaged-*.jsonl"))
+    assert len(paths) >= 5
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "lazy-v3-7.3", "--design", "lazy",
+                        "--cpus", "1", "--json", *paths], capture_output=True, text=True, env=env, cwd=ROOT,
+                       timeout=1800)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0, out
+    for res in out["results"]:
+        n_ops = sum(1 for line in (ROOT / res["trace"]).read_text().splitlines()[1:] if line.strip())
+        assert res["identical"] and res["compared_steps"] == n_ops, res

@@ -3,6 +3,7 @@ command line and, where ``thpsim lab build arm64-16k`` has been run here, a boot
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -153,3 +154,18 @@ def test_arm64_guest_has_16k_pages_and_32m_thps():
                         "--", "python3", "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, timeout=700)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["aarch64", "16384", str(32 << 20)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(bool(_skip()), reason=str(_skip()))
+def test_scenarios_mapped_onto_16k_pages_match_the_arm64_16k_profile():
+    # the arch profile comes from the guest's kernel, the traces are mapped onto 16 KiB pages / 32 MiB PMDs
+    paths = ["scenarios/cold-partial.jsonl", "scenarios/munmap-straddle-two-thps.jsonl",
+             "scenarios/fork-child-partial-munmap.jsonl", "scenarios/selftest-partial_munmap.jsonl"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "arm64-16k", "--cpus", "1", "--json",
+                        *paths], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1800)
+    out = json.loads(r.stdout)
+    assert r.returncode == 0, out
+    assert (out["arch"], out["page_size"], out["pmd_size"]) == ("arm64-16k", 16384, 32 << 20)
+    assert out["identical"] == len(paths)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from thpsim.analysis.report import DesignResult, ReportData, TraceReport
 
 # one fixed colour and line style per design, the same in every figure
-DESIGN_STYLE: dict[str, tuple[str, str]] = {
+DESIGN_STYLE: dict[str, tuple[str, Any]] = {   # (colour, matplotlib linestyle)
     "upstream": ("#222222", "-"),
     "lazy": ("#1f77b4", "-"),
     "lazy-zap-zero": ("#ff7f0e", "--"),
@@ -37,7 +37,7 @@ DESIGN_STYLE: dict[str, tuple[str, str]] = {
 _FALLBACK = ("#e377c2", "#7f7f7f", "#bcbd22", "#17becf", "#d62728")
 _SITE_COLOURS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7",
                  "#9c755f", "#bab0ac", "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
-RC = {
+RC: dict[Any, Any] = {   # (matplotlib types the keys as Literals)
     "font.family": "DejaVu Sans", "font.size": 9.5, "axes.titlesize": 11, "axes.labelsize": 9.5,
     "legend.fontsize": 8.5, "axes.grid": True, "grid.alpha": 0.35, "axes.spines.top": False,
     "axes.spines.right": False, "svg.hashsalt": "thpsim-report", "svg.fonttype": "path",

@@ -52,6 +52,10 @@ KERNELS: dict[str, KernelSpec] = {k.name: k for k in (
                arch="arm64", page_size_kb=16,
                description="Debian's prebuilt 7.3.4 arm64 16K-page image under qemu-system-aarch64 (TCG), "
                "arm64 trixie userspace"),
+    KernelSpec("arm64-4k", "7.3.4", "image", "linux-binary-unsigned-7.3.4+deb13-arm64", "trixie-backports",
+               arch="arm64", page_size_kb=4,
+               description="Debian's prebuilt 7.3.4 arm64 4K-page image under qemu-system-aarch64 (TCG), "
+               "arm64 trixie userspace"),
 )}
 
 

@@ -482,12 +482,12 @@ def _op(obj: dict[str, Any], line: int, handles: dict[str, tuple[int, int]], pla
             elif "maymove" in flags:
                 dest = placer.place(max(new_length, PAGE), 2 * MiB, start % (2 * MiB))
             kw.update(flags=flags, new_length=new_length, dest=dest)
-            name = obj.get("new_id") or obj.get("id")
+            name = str(obj.get("new_id") or obj.get("id") or "")
             if name:
                 if "new_id" in obj:
                     _name(obj, "new_id", line)
                 moves = dest is not None and ("fixed" in flags or "dontunmap" in flags)
-                handles[name] = (dest if moves else start, new_length)
+                handles[name] = (dest if dest is not None and moves else start, new_length)
         elif kind == "uffd_move":
             kw["dest"] = parse_size(obj["to"], line=line, fld="to")
     elif kind == "fork":
