@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from thpsim.errors import TraceError
+from thpsim.trace import format as tf
 from thpsim.trace.format import TRACE_VERSION, load
 
 SCENARIOS = Path(__file__).resolve().parent.parent / "scenarios"
@@ -53,3 +55,18 @@ def test_readme_lists_every_scenario() -> None:
     readme = (SCENARIOS / "README.md").read_text(encoding="utf-8")
     missing = [p.name for p in FILES if f"`{p.name}`" not in readme]
     assert not missing, f"scenarios/README.md does not list: {missing}"
+
+
+@pytest.mark.parametrize("ops", [
+    # mremap onto a fixed target 100 TiB away (outside the 512 GiB arena): refused before any syscall
+    ['{"op": "mmap", "id": "a", "len": "2M"}',
+     '{"op": "mremap", "id": "a", "new_len": "2M", "flags": ["maymove", "fixed"], "to": "100T"}'],
+    # growing in place across the arena's end
+    ['{"op": "mmap", "id": "a", "at": "510G", "len": "2M"}', '{"op": "mremap", "id": "a", "new_len": "4G"}'],
+    # UFFDIO_MOVE to a destination past the arena
+    ['{"op": "mmap", "id": "a", "len": "2M"}', '{"op": "uffd_move", "id": "a", "to": "512G"}'],
+])
+def test_no_op_reaches_outside_the_arena(ops: list[str]) -> None:
+    with pytest.raises(TraceError, match="past the 512 GiB arena") as e:
+        tf.parse("\n".join(ops), source="esc.jsonl")
+    assert str(e.value).startswith("esc.jsonl:2:")

@@ -324,6 +324,15 @@ class _Placer:
         return pos
 
 
+def _inside_arena(start: int, length: int, line: int, fld: str) -> int:
+    """A destination the live child would touch: refused unless [start, start + length) is inside the arena
+    (a trace never reaches the child's other memory, issue 10's confinement rule)."""
+    if start + length > ARENA_SIZE:
+        raise TraceError(f"destination ends past the {ARENA_SIZE // GiB} GiB arena (the live runner never "
+                         "touches memory outside it)", line=line, field=fld)
+    return start
+
+
 def _align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a
 
@@ -481,6 +490,9 @@ def _op(obj: dict[str, Any], line: int, handles: dict[str, tuple[int, int]], pla
                 raise TraceError("'fixed' needs 'to' (the destination arena offset)", line=line, field="to")
             elif "maymove" in flags:
                 dest = placer.place(max(new_length, PAGE), 2 * MiB, start % (2 * MiB))
+            _inside_arena(start, new_length, line, "new_len")     # growing in place must stay inside too
+            if dest is not None:
+                _inside_arena(dest, new_length, line, "to")
             kw.update(flags=flags, new_length=new_length, dest=dest)
             name = str(obj.get("new_id") or obj.get("id") or "")
             if name:
@@ -489,7 +501,7 @@ def _op(obj: dict[str, Any], line: int, handles: dict[str, tuple[int, int]], pla
                 moves = dest is not None and ("fixed" in flags or "dontunmap" in flags)
                 handles[name] = (dest if dest is not None and moves else start, new_length)
         elif kind == "uffd_move":
-            kw["dest"] = parse_size(obj["to"], line=line, fld="to")
+            kw["dest"] = _inside_arena(parse_size(obj["to"], line=line, fld="to"), length, line, "to")
     elif kind == "fork":
         child = _name(obj, "child", line)
         if child in procs:
