@@ -119,3 +119,11 @@ def test_selftest_live_tap(capsys: pytest.CaptureFixture[str]) -> None:
 def test_console_script_installed() -> None:
     r = subprocess.run([sys.executable, "-m", "thpsim.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith("thpsim ")
+
+
+@pytest.mark.parametrize("argv", [["report", "scenarios/cold-partial.jsonl", "-o", "/proc/no/such/r.html"],
+                                  ["generate", "fork-snapshot", "--seed", "1", "-o", "/proc/no/such/t.jsonl"]])
+def test_unwritable_output_is_one_line(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "/proc/no/such/" in err and "Traceback" not in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import json
 import sys
 import time
@@ -886,6 +887,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_OK
+    except OSError as e:        # an unwritable output path, an unreadable input: one line with the file
+        where = f"{e.filename}: " if e.filename else ""
+        name = errno.errorcode.get(e.errno or 0, "")
+        sys.stderr.write(f"thpsim: {where}{e.strerror or e}{f' ({name})' if name else ''}\n")
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":
