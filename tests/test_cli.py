@@ -127,3 +127,13 @@ def test_unwritable_output_is_one_line(capsys: pytest.CaptureFixture[str], argv:
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "/proc/no/such/" in err and "Traceback" not in err
+
+
+def test_budget_is_counted_in_the_arch_pages() -> None:
+    import argparse
+
+    from thpsim.cli import _policy
+
+    for arch, pages in (("x86_64", 16384), ("arm64-64k", 1024), ("arm64-16k", 4096)):
+        pol = _policy(argparse.Namespace(arch=arch, budget="64M", reserves="1M"))
+        assert (pol.budget_pages, pol.reserve_pages) == (pages, (1 << 20) // ((64 << 20) // pages)), arch

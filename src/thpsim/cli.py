@@ -69,13 +69,16 @@ def _parse_value(v: str) -> Any:
 
 
 def _policy(args: argparse.Namespace) -> Any:
+    from thpsim.model.arch import get_arch
     from thpsim.model.page_alloc import FailPolicy
     from thpsim.trace.format import parse_size
 
+    # the allocator counts the arch's pages: "64M" is 1024 pages on arm64-64k, 16384 on x86-64
+    page = get_arch(getattr(args, "arch", None) or "x86_64").page_size
     budget = None
     if getattr(args, "budget", None):
-        budget = parse_size(args.budget) // 4096
-    reserves = parse_size(args.reserves) // 4096 if getattr(args, "reserves", None) else 0
+        budget = parse_size(args.budget) // page
+    reserves = parse_size(args.reserves) // page if getattr(args, "reserves", None) else 0
     return FailPolicy(fail_nth=getattr(args, "fail_nth", None), fail_site=getattr(args, "fail_site", None),
                       probability=getattr(args, "fail_prob", 0.0) or 0.0,
                       interval=getattr(args, "fail_interval", 1) or 1, times=getattr(args, "fail_times", -1),
