@@ -59,3 +59,21 @@ def test_diff_flags_a_background_khugepaged_collapse() -> None:
     d = diff_steps(model, live)
     assert d.background_collapse == 1 and not d.identical and "khugepaged" in d.note
     assert diff_steps(model, model).background_collapse is None
+
+
+def test_host_noise_flags_only_host_wide_counters() -> None:
+    from thpsim.analysis.diff import TraceDiff
+
+    model = [_step(0, 0, 12)]
+    noisy_live = [StepObs(step=0, line=1, op="read", proc="main", result=0,
+                          procs=(ProcObs(proc="main", vm_pte_kb=12),), vmstat=(("thp_fault_alloc", 3),))]
+    d = diff_steps(model, noisy_live)
+    flagged = TraceDiff("t", d, None, True, host_noise=(("thp_fault_alloc", 41),))
+    assert not flagged.identical and flagged.identical_but_host_noise and "other processes" in flagged.note
+    # without evidence that other processes moved the counter it is a plain difference
+    assert not TraceDiff("t", d, None, True).identical_but_host_noise
+    # a per-process difference is never excused by host noise
+    bad_live = [StepObs(step=0, line=1, op="read", proc="main", result=0,
+                        procs=(ProcObs(proc="main", vm_pte_kb=16),), vmstat=(("thp_fault_alloc", 3),))]
+    bad = TraceDiff("t", diff_steps(model, bad_live), None, True, host_noise=(("thp_fault_alloc", 41),))
+    assert not bad.identical_but_host_noise

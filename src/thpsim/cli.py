@@ -237,13 +237,17 @@ def cmd_diff(args: argparse.Namespace) -> int:
         for td in diffs:
             d = td.diff
             results.append({"trace": td.path, "run": rnd + 1, "identical": td.identical,
+                            "identical_but_host_noise": td.identical_but_host_noise,
+                            "host_noise": dict(td.host_noise),
                             "compared_steps": d.compared_steps, "note": td.note,
                             "mismatches": [dataclasses.asdict(m) for m in d.exact],
                             "noisy": [dataclasses.asdict(m) for m in d.noisy]})
-            if not td.identical:
+            if not td.identical and (args.strict or not td.identical_but_host_noise):
                 worst = EXIT_DIFF
             if not args.json:
-                state = "identical" if td.identical else f"DIFFERENT ({len(d.exact)} mismatches)"
+                state = ("identical" if td.identical else
+                         f"identical but for host-wide counters ({len(d.exact)} differences, flagged)"
+                         if td.identical_but_host_noise else f"DIFFERENT ({len(d.exact)} mismatches)")
                 extra = f" [{td.note}]" if td.note else ""
                 _out(f"{td.path} (run {rnd + 1}): {state}, {d.compared_steps} steps compared, "
                      f"{len(d.noisy)} noisy global differences{extra}")
@@ -254,16 +258,20 @@ def cmd_diff(args: argparse.Namespace) -> int:
                         _out("  " + m.describe())
     assert env is not None
     n_same = sum(bool(r["identical"]) for r in results)
+    n_noise = sum(bool(r["identical_but_host_noise"]) for r in results)
     where = f"lab guest {args.kernel}" if args.kernel else "this host"
     if args.json:
         _json({"kernel": env.kernel_release, "lab_kernel": args.kernel or "host", "design": args.design,
-               "arch": env.arch_profile, "page_size": env.page_size, "pmd_size": env.pmd_size,
+               "identical_but_host_noise": n_noise, "arch": env.arch_profile, "page_size": env.page_size,
+               "pmd_size": env.pmd_size,
                "unsupported": list(env.unsupported), "identical": n_same, "runs": len(results),
                "results": results})
     else:
         geo = "" if env.geometry.is_trace_native else f", traces mapped onto {env.geometry.describe()}"
-        _out(f"{n_same}/{len(results)} runs identical (model design {args.design}, arch {env.arch_profile}{geo}; "
-             f"kernel {env.kernel_release} on {where})")
+        flagged = (f", {n_noise} identical but for host-wide counters other processes moved (--strict fails "
+                   "them)") if n_noise else ""
+        _out(f"{n_same}/{len(results)} runs identical{flagged} (model design {args.design}, arch "
+             f"{env.arch_profile}{geo}; kernel {env.kernel_release} on {where})")
     return worst
 
 
@@ -737,6 +745,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_guest_opts(p)
     p.add_argument("--runs", type=int, default=1, help="live runs per trace (default 1)")
     p.add_argument("--ignore-globals", action="store_true", help="compare per-process values only (busy hosts)")
+    p.add_argument("--strict", action="store_true",
+                   help="a host-wide counter that other processes moved (flagged, exit 0 by default) fails the diff")
     p.add_argument("--max-show", type=int, default=20)
     p.add_argument("-v", "--verbose", action="store_true", help="also list noisy global differences")
 

@@ -10,6 +10,7 @@ ops) end the comparison of that trace: later states are not comparable.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,14 +148,27 @@ class TraceDiff:
     retried: bool
     model_steps: tuple[StepObs, ...] = ()
     live_steps: tuple[StepObs, ...] = ()
+    # host-wide counters that still differed after the retries and that moved on their own while thpsim ran
+    # nothing (vmstat_drift): other processes' events, flagged, never counted as the trace's
+    host_noise: tuple[tuple[str, int], ...] = ()
 
     @property
     def identical(self) -> bool:
         return self.diff.identical and not self.live_error
 
     @property
+    def identical_but_host_noise(self) -> bool:
+        """Everything the trace's own processes show is identical; only host-wide counters that other
+        processes were moving differ (a busy host: see ``host_noise``)."""
+        return not self.identical and bool(self.host_noise) and not self.live_error and all(
+            m.field.removeprefix("vmstat.") in dict(self.host_noise) for m in self.diff.exact)
+
+    @property
     def note(self) -> str:
-        return "; ".join(x for x in (self.diff.note, self.live_error or "") if x)
+        noise = ", ".join(f"{k} +{v}" for k, v in self.host_noise)
+        flag = (f"host-wide counters moved by other processes while thpsim was idle for {NOISE_PROBE_SECONDS:g} s "
+                f"({noise}): their differences are not the trace's") if noise else ""
+        return "; ".join(x for x in (self.diff.note, self.live_error or "", flag) if x)
 
 
 def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str | None = None, guest: Any = None,
@@ -196,10 +210,21 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
             d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
                            compare_globals=compare_globals, skip_counters=skip)
             out[p] = TraceDiff(p, d, tl.error, True, tuple(models[p].steps), tl.steps)
+    still = [p for p, td in out.items() if _disturbed(td.diff) and td.diff.background_collapse is None]
+    if still and kernel in (None, "host"):   # a lab guest runs nothing else; the host may
+        from thpsim.live.procfs import vmstat_drift
+
+        fields = {m.field.removeprefix("vmstat.") for p in still for m in out[p].diff.exact}
+        drift = vmstat_drift(fields, NOISE_PROBE_SECONDS)
+        for p in still:
+            mine = {m.field.removeprefix("vmstat.") for m in out[p].diff.exact}
+            noise = tuple(sorted((k, v) for k, v in drift.items() if k in mine))
+            out[p] = dataclasses.replace(out[p], host_noise=noise)
     return env, [out[p] for p in paths]
 
 
 HOST_WIDE_RETRIES = 2
+NOISE_PROBE_SECONDS = 2.0
 
 
 def _disturbed(d: DiffResult) -> bool:

@@ -8,6 +8,7 @@ missing. Nothing here prints.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from thpsim.errors import ProcError
@@ -183,6 +184,18 @@ def read_vmstat(refresh: bool = True) -> dict[str, int]:
     if refresh:
         stat_refresh()
     return parse_vmstat(_read("/proc/vmstat"))
+
+
+def vmstat_drift(keys: Iterable[str], seconds: float = 2.0) -> dict[str, int]:
+    """How much each of ``keys`` moves in /proc/vmstat over ``seconds`` while thpsim runs nothing: other
+    processes' THP events (a busy host, QEMU guests backed by THPs). Only the keys that moved."""
+    import time
+
+    want = sorted(set(keys))
+    a = read_vmstat(refresh=False)
+    time.sleep(seconds)
+    b = read_vmstat(refresh=False)
+    return {k: b.get(k, 0) - a.get(k, 0) for k in want if b.get(k, 0) != a.get(k, 0)}
 
 
 def read_meminfo(refresh: bool = True) -> dict[str, int]:
