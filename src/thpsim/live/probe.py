@@ -2,7 +2,7 @@
 series would save on this host right now.
 
 :func:`probe` runs a small trace in a fresh child (through :func:`thpsim.live.runner.run_live`): one THP to
-create the arena's PUD and PMD tables, then N more THPs in the same 1 GiB (so no upper table is added) and N
+create the arena's PUD and PMD tables, then N more THPs under the same PMD table (so no upper table is added) and N
 huge-zero read faults. The VmPTE delta per THP is the deposit. The result is a frozen dataclass
 (``dataclasses.asdict`` gives JSON-able data); :func:`format_probe` renders it as text.
 """
@@ -15,11 +15,13 @@ from dataclasses import dataclass
 
 from thpsim.errors import ProcError
 from thpsim.live import env as live_env
+from thpsim.live import syscalls as S
 from thpsim.live.runner import run_live
 from thpsim.trace.format import parse
+from thpsim.trace.geometry import Geometry, map_offset
 
-PMD_KB = 2048
-PTE_TABLE_KB = 4
+PMD_KB = S.PMD_SIZE // 1024               # this kernel's (32 MiB on arm64 with 16K pages)
+PTE_TABLE_KB = S.PAGE_SIZE // 1024        # one PTE table is one page on x86-64 and arm64
 
 
 @dataclass(frozen=True)
@@ -31,9 +33,9 @@ class ProbeResult:
     has_split_pmd_failed: bool
     thps_requested: int
     thps_pmd_mapped: int
-    vm_pte_first_thp_kb: int         # first THP in a fresh 512 GiB slot: PUD + PMD table + deposit
+    vm_pte_first_thp_kb: int         # first THP in the arena: its upper tables (PUD where its own) + PMD table + deposit
     upper_tables_kb: int              # of which PUD + PMD tables
-    vm_pte_per_thp_kb: float          # per further THP in the same 1 GiB (the deposit)
+    vm_pte_per_thp_kb: float          # per further THP under the same PMD table (the deposit)
     rss_anon_per_thp_kb: float
     zero_pmds: int
     vm_pte_per_zero_pmd_kb: float     # per huge-zero PMD
@@ -96,12 +98,14 @@ def probe(n: int = 8, *, timeout: float = 60.0) -> ProbeResult:
     before, after = steps[4].proc_obs("main"), steps[5].proc_obs("main")
     zb, za = steps[7].proc_obs("main"), steps[8].proc_obs("main")
     assert first and before and after and zb and za
-    base = 64 * 1024 * 1024
-    pmd_mapped = sum((r.end - r.start) // (2 << 20) for r in after.pagemap
-                     if r.kind == "pmd" and base <= r.start < base + 2 * n * (1 << 20))
-    zero_base = 256 * 1024 * 1024
-    zero_pmds = sum((r.end - r.start) // (2 << 20) for r in za.pagemap
-                    if r.kind == "pmd_zero" and zero_base <= r.start < zero_base + 2 * n * (1 << 20))
+    # run_live mapped the 4K/2M probe onto this kernel's pages (thpsim.trace.geometry): so are the offsets here
+    geo, pmd = Geometry(S.PAGE_SIZE, S.PMD_SIZE), S.PMD_SIZE
+    base = map_offset(64 << 20, geo)
+    pmd_mapped = sum((r.end - r.start) // pmd for r in after.pagemap
+                     if r.kind == "pmd" and base <= r.start < base + n * pmd)
+    zero_base = map_offset(256 << 20, geo)
+    zero_pmds = sum((r.end - r.start) // pmd for r in za.pagemap
+                    if r.kind == "pmd_zero" and zero_base <= r.start < zero_base + n * pmd)
     notes: list[str] = list(e.notes)   # kernel features this kernel lacks (env.feature_notes)
     per = (after.vm_pte_kb - before.vm_pte_kb) / pmd_mapped if pmd_mapped else 0.0
     rss_per = (after.rss_anon_kb - before.rss_anon_kb) / pmd_mapped if pmd_mapped else 0.0
@@ -135,8 +139,8 @@ def format_probe(p: ProbeResult) -> str:
         p.deposit_summary,
         f"  {p.thps_pmd_mapped}/{p.thps_requested} THPs PMD-mapped; VmPTE +{p.vm_pte_per_thp_kb:g} KiB and "
         f"RssAnon +{p.rss_anon_per_thp_kb:g} KiB per THP",
-        f"  first THP in a fresh 512 GiB region: VmPTE +{p.vm_pte_first_thp_kb} KiB "
-        f"(of which PUD + PMD tables {p.upper_tables_kb} KiB)",
+        f"  first THP in the arena: VmPTE +{p.vm_pte_first_thp_kb} KiB "
+        f"(of which upper tables {p.upper_tables_kb} KiB)",
         f"  huge-zero PMDs: {p.zero_pmds}, VmPTE +{p.vm_pte_per_zero_pmd_kb:g} KiB each",
         f"host now: {p.host_anon_huge_kb} kB AnonHugePages = {p.host_thp_mappings} PMD mappings in "
         f"{p.host_processes_scanned} processes ({p.host_processes_unreadable} unreadable)",
