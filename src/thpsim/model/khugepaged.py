@@ -2,14 +2,16 @@
 ``madvise_collapse`` and one full khugepaged pass.
 
 The scan checks the 512 PTEs: none/zero entries up to ``max_ptes_none`` (khugepaged only), shared pages up to
-``max_ptes_shared`` (khugepaged only), no guard markers, pins, at least one writable PTE (else SCAN_PAGE_RO).
+``max_ptes_shared`` (khugepaged only), no guard markers, pins; at least one writable PTE for khugepaged only where
+the kernel still has that rule (knob ``collapse_needs_writable``; 7.3.4 has not).
 The collapse allocates a PMD-order folio (``folio@collapse``; failure → thp_collapse_alloc_failed), copies the
 contents, drops the old mappings, and then either deposits the old PTE table (upstream: VmPTE unchanged) or frees
 it (lazy: VmPTE −4 KiB). RSS grows by the number of none/zero PTEs filled.
 
 MADV_COLLAPSE returns 0 when every PMD range in [start, end) ends up PMD-mapped, else an errno from
 ``madvise_collapse_errno`` (ENOMEM for allocation failure, EINVAL for ranges that cannot be collapsed).
-Left out: file/shmem collapse, swap-in during collapse, mTHP collapse, the khugepaged scan budget and sleep.
+Left out: khugepaged's referenced-page rule (SCAN_LACK_REFERENCED_PAGE: every page the model maps was just
+touched, so it holds), file/shmem collapse, swap-in during collapse, mTHP collapse, the khugepaged scan budget and sleep.
 """
 
 from __future__ import annotations
@@ -78,8 +80,10 @@ def scan_pmd(k: Kernel, mm: MM, vma: Vma, haddr: int, *, is_khugepaged: bool) ->
     if not present:
         # measured on 6.18: MADV_COLLAPSE of a range holding only none/zero-page PTEs fails (EINVAL)
         return SCAN_PAGE_RO
-    if is_khugepaged and not writable:
-        # measured on 6.18: MADV_COLLAPSE collapses read-only data; khugepaged's writable rule is kept (unverified)
+    if is_khugepaged and not writable and k.knobs.collapse_needs_writable:
+        # kernels before the mTHP-collapse rework: khugepaged wants one writable PTE. 7.3.4's
+        # hpage_collapse_scan_pmd has no such check (SCAN_PAGE_RO is gone): measured in the lab guests, where a
+        # read-only range and a range write-protected by fork both collapse (docs/findings.md L11)
         return SCAN_PAGE_RO
     return SCAN_SUCCEED
 

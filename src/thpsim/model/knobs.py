@@ -35,6 +35,7 @@ class Knobs:
     no_page_mapcount: bool = False
     madv_guard: bool = True             # MADV_GUARD_INSTALL/REMOVE exist (6.13+); EINVAL before
     collapse_small_einval: bool = True  # MADV_COLLAPSE with no whole PMD in range: EINVAL (6.18), 0 (7.3.4)
+    collapse_needs_writable: bool = False  # khugepaged skips a range with no writable PTE (SCAN_PAGE_RO; not 7.3.4)
 
     def __post_init__(self) -> None:
         if self.thp_enabled not in THP_MODES:
