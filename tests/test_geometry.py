@@ -83,3 +83,11 @@ def test_a_mapped_thp_is_one_16k_thp() -> None:
     write, cold = r.steps[2], r.steps[3]
     assert write.procs[0].vm_pte_kb == 32 and write.procs[0].rss_anon_kb == 32 * 1024
     assert write.counter("thp_fault_alloc") == 1 and cold.counter("thp_split_pmd") == 1
+
+
+def test_the_arena_grows_with_the_pmd() -> None:
+    from thpsim.trace.geometry import arena_size
+
+    # layout-fresh-gib-tables maps a region at "511G": on 16K pages it sits at 8176 GiB, inside the mapped arena
+    assert arena_size(TRACE_GEOMETRY) == 512 << 30
+    assert arena_size(G16) == 8 << 40 and map_offset(511 << 30, G16) + 32 * M <= arena_size(G16)

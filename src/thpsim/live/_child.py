@@ -24,7 +24,8 @@ import zlib
 from typing import Any
 
 from thpsim.live import syscalls as S
-from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, PROTS
+from thpsim.trace.format import ARENA_BASE, PROTS
+from thpsim.trace.geometry import Geometry, arena_size
 
 _SKIP_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]")
 
@@ -70,7 +71,7 @@ def prefault(write: bool) -> None:
     fault path nor khugepaged ever puts a THP in the interpreter's own memory.
     """
     for lo, hi, perms, name in _maps():
-        if lo < ARENA_BASE + ARENA_SIZE and hi > ARENA_BASE:
+        if lo < ARENA_BASE + arena_size(Geometry(S.PAGE_SIZE, S.PMD_SIZE)) and hi > ARENA_BASE:
             continue
         if name in _SKIP_NAMES or "r" not in perms:
             continue

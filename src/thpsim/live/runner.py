@@ -43,8 +43,11 @@ from thpsim.live.inject import FailPageAlloc, injection_unavailable
 from thpsim.live.khugepaged import KhugepagedTrigger
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
-from thpsim.trace.format import ARENA_BASE, ARENA_SIZE, MODEL_ONLY_OPS, GiB, Op, Trace
-from thpsim.trace.geometry import Geometry, map_trace
+from thpsim.trace.format import ARENA_BASE, MODEL_ONLY_OPS, GiB, Op, Trace
+from thpsim.trace.geometry import Geometry, arena_size, map_trace
+
+GEOMETRY = Geometry(S.PAGE_SIZE, S.PMD_SIZE)        # this kernel's
+ARENA_SPAN = arena_size(GEOMETRY)                   # the arena the mapped traces use
 
 MODEL_ONLY_NOTE = "model-only op: not run on the live kernel"
 CALIBRATION_PROC = "__calibration__"
@@ -85,7 +88,7 @@ def address_space_budget(trace: Trace) -> int:
             total += op.length
         elif op.kind == "mremap":
             total += op.new_length
-    return min(total, ARENA_SIZE) + 4 * GiB
+    return min(total, ARENA_SPAN) + 4 * GiB
 
 
 def op_message(op: Op) -> dict[str, Any]:
@@ -254,9 +257,9 @@ class _Session:
             VmaObs(start=v.start - ARENA_BASE, end=v.end - ARENA_BASE, perms=v.perms, rss_kb=v.get("Rss"),
                    anonymous_kb=v.get("Anonymous"), anon_huge_kb=v.get("AnonHugePages"),
                    lazyfree_kb=v.get("LazyFree"), locked_kb=v.get("Locked"), swap_kb=v.get("Swap"))
-            for v in procfs.read_smaps(lp.pid) if v.start >= ARENA_BASE and v.end <= ARENA_BASE + ARENA_SIZE)
+            for v in procfs.read_smaps(lp.pid) if v.start >= ARENA_BASE and v.end <= ARENA_BASE + ARENA_SPAN)
         with PagemapReader(lp.pid, self.features) as pm:
-            runs = pm.runs(ARENA_BASE, ARENA_BASE + ARENA_SIZE, base=ARENA_BASE)
+            runs = pm.runs(ARENA_BASE, ARENA_BASE + ARENA_SPAN, base=ARENA_BASE)
         return ProcObs(proc=lp.name, vm_pte_kb=d.vm_pte_kb, vm_rss_kb=d.vm_rss_kb, rss_anon_kb=d.rss_anon_kb,
                        vm_lck_kb=d.vm_lck_kb, vm_swap_kb=d.vm_swap_kb, vmas=vmas, pagemap=runs)
 
@@ -361,7 +364,7 @@ def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
     kernel lacks is noted on the first step (:func:`thpsim.live.env.feature_notes`).
     """
     del allow_sysfs
-    trace = map_trace(trace, Geometry(S.PAGE_SIZE, S.PMD_SIZE))    # a 4K/2M trace on this kernel's pages
+    trace = map_trace(trace, GEOMETRY)    # a 4K/2M trace on this kernel's pages
     s = _Session(trace, timeout, features)
     try:
         s.start()

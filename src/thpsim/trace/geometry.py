@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 
 from thpsim.errors import ThpsimError
-from thpsim.trace.format import PAGE, Op, Trace
+from thpsim.trace.format import ARENA_SIZE, PAGE, Op, Trace
 
 TRACE_PAGE = PAGE               # the geometry version-1 traces are written in
 TRACE_PMD = 512 * PAGE
@@ -87,6 +87,12 @@ def _range(start: int, length: int, g: Geometry) -> tuple[int, int]:
     return s, map_offset(start + length, g) - s
 
 
+def arena_size(g: Geometry) -> int:
+    """The arena as the mapped traces see it: ARENA_SIZE's offsets mapped (8 TiB on 16K pages, so a trace's
+    "511G" region is still inside)."""
+    return map_offset(ARENA_SIZE, g)
+
+
 def map_op(op: Op, g: Geometry) -> Op:
     start, length = _range(op.start, op.length, g)
     new_length = map_offset(op.start + op.new_length, g) - start if op.new_length else 0
@@ -105,4 +111,4 @@ def map_trace(trace: Trace, g: Geometry) -> Trace:
     return dataclasses.replace(trace, ops=tuple(map_op(op, g) for op in trace.ops), regions=regions)
 
 
-__all__ = ["Geometry", "TRACE_GEOMETRY", "check_geometry", "map_offset", "map_op", "map_trace"]
+__all__ = ["Geometry", "TRACE_GEOMETRY", "arena_size", "check_geometry", "map_offset", "map_op", "map_trace"]
