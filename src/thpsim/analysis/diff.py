@@ -97,6 +97,7 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
     have: by default ``thp_split_pmd_failed``, which only a kernel with the lazy-PTE series counts; pass an
     empty set for such a kernel so that failed splits are compared too."""
     res = DiffResult()
+    prev_a = prev_b = 0           # thp_collapse_alloc after the previous step, model and live
     for a, b in zip(left, right, strict=False):
         if a.op in model_only_ops and b.result is None:
             # (a lab guest runs the khugepaged op for real, with a result: then its step is compared)
@@ -104,7 +105,10 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
             res.note = f"step {a.step} ({a.op}) is model-only; later steps are not compared"
             break
         res.compared_steps += 1
-        if res.background_collapse is None and b.counter("thp_collapse_alloc") > a.counter("thp_collapse_alloc"):
+        ca, cb = a.counter("thp_collapse_alloc"), b.counter("thp_collapse_alloc")
+        rose_alone = cb - prev_b > ca - prev_a and a.op != "khugepaged"   # (a live khugepaged op collapses itself)
+        prev_a, prev_b = ca, cb
+        if res.background_collapse is None and rose_alone:
             # the kernel's khugepaged thread scans MADV_HUGEPAGE regions every scan_sleep_millisecs and may
             # collapse a PTE table between two steps; the model runs khugepaged only when the trace says so
             res.background_collapse = a.step
