@@ -16,11 +16,12 @@ Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, mlock
+from thpsim.model import gup, huge_memory
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.mmap import do_munmap, split_range, unmap_region
+from thpsim.model.mmap import do_munmap, unmap_region
 from thpsim.model.pgtable import HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, Vma
+from thpsim.model.vma_modify import split_range
 
 EINVAL, ENOMEM, EFAULT = -22, -12, -14
 
@@ -75,7 +76,7 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: t
         mm.vmas.try_merge_around(vma.start, vma.end)
         if vma.flags & VM_LOCKED:
             mm.locked_vm += (new_len - old_len) // page
-            mlock.populate_range(k, mm, old_end, addr + new_len)
+            gup.mm_populate(k, mm, old_end, addr + new_len)
         return addr
     if not maymove or dest is None:
         return ENOMEM
@@ -129,7 +130,7 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
         k.log.notes.append(f"mremap: munmap of the source [{old:#x}, +{old_len:#x}) failed; the source stays "
                            "mapped (empty)")
     if new_len > old_len and nv.flags & VM_LOCKED:
-        mlock.populate_range(k, mm, new + old_len, new + new_len)
+        gup.mm_populate(k, mm, new + old_len, new + new_len)
     return new
 
 
