@@ -294,15 +294,13 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
     Returns True on success. Fails (thp_split_page_failed) if the folio is pinned or, under the lazy design,
     if a PMD split in try_to_migrate_one had no table (the rmap walk bails out, ret = false).
     """
-    from thpsim.model import vmscan
-
     if f.freed or not f.large:
         return False
     if f.pins:
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False
-    if not vmscan.try_to_migrate(k, f, caller=caller):
+    if not rmap.try_to_migrate(k, f, caller=caller):
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False
