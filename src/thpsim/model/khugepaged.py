@@ -113,11 +113,7 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
     hp = HugePmd(f, write=vma.writable, dirty=True)
     pt.slots[haddr >> pt.pmd_shift] = hp
     rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
-    if k.design.deposit:
-        pt.pmd_tables[haddr >> pt.pud_shift].deposits += 1   # ... and becomes the deposit (count unchanged)
-        pt.nr_ptes += 1
-    else:
-        k.pte_free()   # lazy: mm_dec_nr_ptes + pte_free
+    huge_memory.collapse_old_table(k, mm, haddr)   # ... and becomes the deposit, or is freed (lazy)
     rmap.deferred_split_folio(k, f, False)
     k.log.notes.append(f"collapse at {haddr:#x}: {filled} none/zero PTEs filled")
     return SCAN_SUCCEED

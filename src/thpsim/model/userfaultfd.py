@@ -34,9 +34,7 @@ def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int,
                 if not k.pmd_alloc(mm, d):
                     return (EAGAIN if moved else ENOMEM), moved
                 pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
-                if k.design.deposit:   # move_pages_huge_pmd always withdraws and re-deposits
-                    pt.withdraw(s)
-                    pt.pmd_tables[d >> pt.pud_shift].deposits += 1
+                huge_memory.move_deposited_table(k, mm, s, d)   # move_pages_huge_pmd: always
                 moved += p
                 continue
             vma = mm.vmas.find(s)
