@@ -12,6 +12,7 @@ Left out: mTHP orders (only PMD order and order 0), file faults, fault-around, N
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio, content_byte, content_write
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
@@ -415,9 +416,9 @@ def zap_pmd_range(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, reclaim_
                 continue
             if huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
                 policy = k.design.zap_split_failure
-                if policy == "enomem":
+                if policy is ZapSplitFailure.ENOMEM:
                     return -12
-                if policy == "zero":
+                if policy is ZapSplitFailure.ZERO:
                     if not _zero_in_place(k, mm, slot, addr, nxt):
                         return -12
                 else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, rmap
+from thpsim.model.design import ChangeProtSplitFailure
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
@@ -68,7 +69,7 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
     (up-front variant)."""
     p = k.pmd_size
     pt = mm.pt
-    if k.design.change_prot_split_failure == "upfront":
+    if k.design.change_prot_split_failure is ChangeProtSplitFailure.UPFRONT:
         # split every partial huge PMD before changing anything (Kiryl's suggestion)
         for a in (start, end):
             if a % p:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thpsim.model import huge_memory
+from thpsim.model.design import RmapTables
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
@@ -203,14 +204,14 @@ def _maps(mm: MM, f: Folio) -> bool:
 
 # ---- try_to_unmap / try_to_migrate (TTU_SPLIT_HUGE_PMD) -------------------------------------------------------
 def _take_table(k: Kernel, *, memalloc: bool) -> bool:
-    if k.design.rmap_tables == "reserve_pool" and k.reserve_pool > 0:
+    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool > 0:
         k.reserve_pool -= 1
         return True
     return k.pte_alloc_one("pte_alloc_one@rmap_prealloc", memalloc=memalloc)
 
 
 def _return_table(k: Kernel) -> None:
-    if k.design.rmap_tables == "reserve_pool" and k.reserve_pool < k.design.reserve_pool_size:
+    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool < k.design.reserve_pool_size:
         k.reserve_pool += 1
     else:
         k.pte_free()
