@@ -325,27 +325,38 @@ def _whole_pmd_read(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | N
 def _range_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]],
                         write: bool) -> bool:
     """access_error() for every touched page, with the VMA looked up once per VMA instead of once per page."""
-    pt = mm.pt
-    shift = pt.pmd_shift
     page = k.page
     if pages and pages[-1][0] - pages[0][0] == (len(pages) - 1) * page:
-        # every page of [lo, hi) is touched: check VMA coverage per VMA and guard markers per PTE table
-        lo, hi = pages[0][0], pages[-1][0] + page
-        pos = lo
-        for v in mm.vmas.overlapping(lo, hi):
-            if v.start > pos or not v.readable or (write and not v.writable):
-                return True
-            pos = v.end
-        if pos < hi:
+        return _contiguous_access_error(k, mm, pages[0][0], pages[-1][0] + page, write)
+    return _sparse_access_error(k, mm, pages, write)
+
+
+def _contiguous_access_error(k: Kernel, mm: MM, lo: int, hi: int, write: bool) -> bool:
+    """Every page of [lo, hi) is touched: check VMA coverage per VMA and guard markers per PTE table."""
+    pt = mm.pt
+    shift = pt.pmd_shift
+    pos = lo
+    for v in mm.vmas.overlapping(lo, hi):
+        if v.start > pos or not v.readable or (write and not v.writable):
             return True
-        for idx in range(lo >> shift, ((hi - 1) >> shift) + 1):
-            s = pt.slots.get(idx)
-            if isinstance(s, PteTable) and s.ptes:
-                base = idx << shift
-                a, b = (max(lo, base) - base) >> pt.page_shift, (min(hi, base + k.pmd_size) - base) >> pt.page_shift
-                if any(p.kind == PTE_GUARD and a <= i < b for i, p in s.ptes.items()):
-                    return True
-        return False
+        pos = v.end
+    if pos < hi:
+        return True
+    for idx in range(lo >> shift, ((hi - 1) >> shift) + 1):
+        s = pt.slots.get(idx)
+        if isinstance(s, PteTable) and s.ptes:
+            base = idx << shift
+            a, b = (max(lo, base) - base) >> pt.page_shift, (min(hi, base + k.pmd_size) - base) >> pt.page_shift
+            if any(p.kind == PTE_GUARD and a <= i < b for i, p in s.ptes.items()):
+                return True
+    return False
+
+
+def _sparse_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]],
+                         write: bool) -> bool:
+    """Some pages are skipped (a stride over 4K): look the VMA up when leaving the last one, guards per table."""
+    pt = mm.pt
+    shift = pt.pmd_shift
     vstart = vend = -1
     cur_idx = -1
     guards: PteTable | None = None     # the current slot, if it is a PTE table holding guard markers
