@@ -15,6 +15,7 @@ Left out: file/shmem collapse, swap-in during collapse, mTHP collapse, the khuge
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
 from thpsim.model.vma import Vma
@@ -94,7 +95,7 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
     table = pt.slot(haddr)
     assert isinstance(table, PteTable)
     filled = 0
-    by_folio: dict[int, tuple[object, list[int]]] = {}
+    by_folio: dict[int, tuple[Folio, list[int]]] = {}
     for i in range(k.nr):
         pte = table.ptes.get(i)
         if pte is None or pte.kind == PTE_ZERO:
@@ -106,7 +107,7 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
         by_folio.setdefault(id(old), (old, []))[1].append(pte.idx)
     # __collapse_huge_page_copy_succeeded: release the old pages (RSS moves to the new folio)
     for old, idxs in by_folio.values():
-        rmap.folio_remove_rmap_ptes(k, mm, old, idxs)  # type: ignore[arg-type]
+        rmap.folio_remove_rmap_ptes(k, mm, old, idxs)
     table.ptes.clear()
     del pt.slots[haddr >> pt.pmd_shift]
     pt.nr_ptes -= 1   # the old table leaves the tree ...

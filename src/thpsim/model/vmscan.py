@@ -11,7 +11,7 @@ from __future__ import annotations
 from thpsim.model import huge_memory, rmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, Pte
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 from thpsim.model.vma import Vma
 
 
@@ -102,8 +102,9 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
     per_mm: dict[str, tuple[MM, list[int]]] = {}
     for mm, addr, _kind in rmap.rmap_walk(k, f):
         table = mm.pt.slot(addr)
-        pte: Pte = table.ptes.pop(mm.pt.pte_index(addr))  # type: ignore[union-attr]
-        per_mm.setdefault(mm.name, (mm, []))[1].append(pte.idx)
+        assert isinstance(table, PteTable)
+        gone = table.ptes.pop(mm.pt.pte_index(addr))
+        per_mm.setdefault(mm.name, (mm, []))[1].append(gone.idx)
     for mm, idxs in per_mm.values():
         rmap.folio_remove_rmap_ptes(k, mm, f, idxs)
     return "discarded"
