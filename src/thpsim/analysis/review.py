@@ -121,7 +121,7 @@ def _hugh_run(t: Trace, design: str, policy: FailPolicy | None) -> tuple[Kernel,
     sim = Simulator(k)
     result: Any = None
     for op in t.ops:
-        result, _ = sim._do(op)
+        result, _ = sim.execute(op)
     return k, result, invariants.check(k)
 
 

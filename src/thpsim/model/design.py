@@ -1,33 +1,91 @@
 """Designs as strategy objects: which kernel (upstream deposit, the lazy series, or a variant) is simulated.
 
-The model code never asks "which design is this?"; it asks the strategy's questions:
+Follows Linux 6.18 / 7.3.4 (upstream) and Usama Arif's "mm: thp: lazy PTE page table allocation at PMD split"
+v3 (the lazy design and the review's variants). The model code never asks "which design is this?"; it asks the
+strategy's questions, each a typed field validated at construction:
+
 ``deposit`` — is a PTE table allocated and deposited when an anonymous huge PMD is created (and so withdrawn at
-split, freed at zap, and is the old table deposited at collapse)?; ``zap_split_failure`` — what a partial zap does
-when the split fails (series v3: skip the PMD and return success); ``change_prot_split_failure`` — what
-change_pmd_range does (series v3: cond_resched and retry the same PMD; variant: split up front before changing
-anything, failing with ENOMEM); ``rmap_tables`` — where try_to_unmap/try_to_migrate get the split table
-(series v3: one pte_alloc_one per rmap_one call; variant: a reserved pool refilled outside reclaim).
-``arch_needs_pgtable_deposit()`` (powerpc hash) overrides everything: the design then deposits and never fails a
-split, as series patch 17 does.
+split, freed at zap, moved by mremap/UFFDIO_MOVE, and is the old table deposited at collapse)? The table hooks
+in huge_memory.py (``pgtable_alloc_deposit``, ``pgtable_trans_huge_deposit``, ``split_pgtable_alloc``, ...) are
+the only readers; ``zap_split_failure`` — what a partial zap does when the split fails (series v3: skip the PMD
+and return success); ``change_prot_split_failure`` — what change_pmd_range does (series v3: cond_resched and
+retry the same PMD; variant: split up front before changing anything, failing with ENOMEM); ``rmap_tables`` —
+where try_to_unmap/try_to_migrate get the split table (series v3: one pte_alloc_one per rmap_one call; variant:
+a reserved pool refilled outside reclaim). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
+everything: the design then deposits and never fails a split, as series patch 17 does.
+
+Left out: designs that deposit lazily per PMD table or pre-allocate per VMA (not proposed in the thread).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import TypeVar
 
 from thpsim.errors import ThpsimError
 from thpsim.model.arch import Arch
+
+__all__ = ["DESIGNS", "VARIANTS", "ChangeProtSplitFailure", "Design", "RmapTables", "ZapSplitFailure",
+           "get_design"]
+
+
+class ZapSplitFailure(StrEnum):
+    """zap_pmd_range when the split of a partially zapped huge PMD fails (lazy designs only)."""
+
+    SKIP = "skip"        # series v3: leave the PMD mapped, return success
+    ZERO = "zero"        # zero the skipped range in place (only if nobody else maps the folio), else ENOMEM
+    ENOMEM = "enomem"    # fail the syscall with ENOMEM
+
+
+class ChangeProtSplitFailure(StrEnum):
+    """change_pmd_range when the split of a partially covered huge PMD fails (lazy designs only)."""
+
+    RETRY = "retry"        # series v3: cond_resched(), goto again (same PMD, no bound)
+    UPFRONT = "upfront"    # split the partial PMDs first, ENOMEM before changing anything
+
+
+class RmapTables(StrEnum):
+    """Where try_to_unmap / try_to_migrate get the PTE table for a PMD split (lazy designs only)."""
+
+    PREALLOC = "prealloc"            # series v3: pte_alloc_one per rmap_one call (PF_MEMALLOC in reclaim)
+    RESERVE_POOL = "reserve_pool"    # a pool reserved up front (like a mempool), refilled outside reclaim
+
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def _enum(cls: type[E], value: object, field: str, design: str) -> E:
+    try:
+        return cls(value)  # type: ignore[arg-type]   # anything else raises ValueError, reported below
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in cls)
+        raise ThpsimError(f"design {design!r}: {field} must be one of {allowed}, not {value!r}") from None
 
 
 @dataclass(frozen=True)
 class Design:
     name: str
     deposit: bool
-    zap_split_failure: str = "skip"          # skip | zero | enomem
-    change_prot_split_failure: str = "retry"  # retry | upfront
-    rmap_tables: str = "prealloc"             # prealloc | reserve_pool
+    zap_split_failure: ZapSplitFailure = ZapSplitFailure.SKIP
+    change_prot_split_failure: ChangeProtSplitFailure = ChangeProtSplitFailure.RETRY
+    rmap_tables: RmapTables = RmapTables.PREALLOC
     reserve_pool_size: int = 0
     description: str = ""
+
+    def __post_init__(self) -> None:
+        """Validate and normalise: the policy fields accept their enum or its string value."""
+        if not isinstance(self.deposit, bool):
+            raise ThpsimError(f"design {self.name!r}: deposit must be True or False, not {self.deposit!r}")
+        for fld, cls in (("zap_split_failure", ZapSplitFailure),
+                         ("change_prot_split_failure", ChangeProtSplitFailure), ("rmap_tables", RmapTables)):
+            object.__setattr__(self, fld, _enum(cls, getattr(self, fld), fld, self.name))
+        if isinstance(self.reserve_pool_size, bool) or not isinstance(self.reserve_pool_size, int) \
+                or self.reserve_pool_size < 0:
+            raise ThpsimError(f"design {self.name!r}: reserve_pool_size must be an integer >= 0, "
+                              f"not {self.reserve_pool_size!r}")
+        if self.rmap_tables is RmapTables.RESERVE_POOL and self.reserve_pool_size == 0:
+            raise ThpsimError(f"design {self.name!r}: rmap_tables='reserve_pool' needs reserve_pool_size > 0")
 
     def for_arch(self, arch: Arch) -> Design:
         """arch_needs_pgtable_deposit() overrides the design (powerpc hash keeps the deposit)."""
@@ -39,6 +97,11 @@ class Design:
     def split_can_fail(self) -> bool:
         return not self.deposit
 
+    @property
+    def pool_tables(self) -> int:
+        """Tables held in the rmap reserve pool (0 unless ``rmap_tables`` is the reserve pool)."""
+        return self.reserve_pool_size if self.rmap_tables is RmapTables.RESERVE_POOL else 0
+
 
 DESIGNS: dict[str, Design] = {
     d.name: d
@@ -47,14 +110,14 @@ DESIGNS: dict[str, Design] = {
                                              "never allocate and cannot fail"),
         Design("lazy", False, description="Usama Arif's series v3 as posted: no deposit, pte_alloc_one at split, "
                                           "callers handle -ENOMEM; zap skips, mprotect retries"),
-        Design("lazy-zap-zero", False, zap_split_failure="zero",
+        Design("lazy-zap-zero", False, zap_split_failure=ZapSplitFailure.ZERO,
                description="lazy, but a failed split in a partial zap zeroes the skipped range (Kiryl's minimum)"),
-        Design("lazy-zap-enomem", False, zap_split_failure="enomem",
+        Design("lazy-zap-enomem", False, zap_split_failure=ZapSplitFailure.ENOMEM,
                description="lazy, but MADV_DONTNEED fails with ENOMEM when a split fails (opt-in skip)"),
-        Design("lazy-mprotect-upfront", False, change_prot_split_failure="upfront",
+        Design("lazy-mprotect-upfront", False, change_prot_split_failure=ChangeProtSplitFailure.UPFRONT,
                description="lazy, but change_protection splits the partial PMDs up front and fails with ENOMEM "
                            "before changing anything (Kiryl's suggestion)"),
-        Design("lazy-reclaim-pool", False, rmap_tables="reserve_pool", reserve_pool_size=64,
+        Design("lazy-reclaim-pool", False, rmap_tables=RmapTables.RESERVE_POOL, reserve_pool_size=64,
                description="lazy, but reclaim takes split tables from a reserved pool (a mempool) instead of "
                            "PF_MEMALLOC reserves"),
     )

@@ -5,13 +5,20 @@ values Linux returns (an arena offset for mmap/mremap, 0, or an errno name); use
 "OOM" when the kernel would. With ``check=True`` the invariants are verified after every step and a violation
 raises :class:`InvariantViolation` carrying a replayable trace prefix; with ``shadow=True`` the data contract of
 every syscall is checked against shadow memory and violations are reported in the observation.
+
+The op table (:data:`OPS`) has one handler per trace op kind: it translates arena offsets, calls the kernel
+entry point (in the module named after its kernel file), converts errnos and applies the op's data contract to
+the shadow memory (the contract rules themselves live in :mod:`thpsim.model.shadow`). Each entry also says
+whether only the model can run the op and which pages it can change (``Scope``).
 """
 
 from __future__ import annotations
 
 import errno as _errno
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Any
 
 from thpsim.errors import InvariantViolation, LivelockDetected
@@ -36,9 +43,9 @@ from thpsim.model import (
 )
 from thpsim.model.arch import get_arch
 from thpsim.model.design import get_design
-from thpsim.model.folio import content_write, read_digest
+from thpsim.model.folio import read_digest
 from thpsim.model.huge_memory import deferred_split_scan
-from thpsim.model.kernel import Kernel, StepLog
+from thpsim.model.kernel import MM, Kernel, StepLog
 from thpsim.model.knobs import Knobs
 from thpsim.model.page_alloc import INJECT_POINTS, FailPolicy
 from thpsim.model.shadow import Shadow, compare
@@ -46,7 +53,10 @@ from thpsim.model.vma import VM_DONTCOPY, VM_WIPEONFORK
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, PROTS, Op, Trace, dumps_op
 
+__all__ = ["OPS", "ModelRun", "OpKind", "Scope", "Simulator", "make_kernel", "run_model"]
+
 VMSTAT_REPORTED = frozenset(VMSTAT_FIELDS)
+OpResult = tuple[int | str | None, str | None]     # (result, data: the crc of what a read returned)
 
 
 @dataclass
@@ -83,6 +93,196 @@ def _result(rc: int) -> int | str:
     return rc
 
 
+# ---- the op table -------------------------------------------------------------------------------------------------
+class Scope(Enum):
+    """Where an op can change what the program reads, for the shadow-memory comparison after it."""
+
+    RANGE = "range"          # the op's range (and its destination), in the op's process
+    ANYWHERE = "anywhere"    # any page of any process (fork, reclaim, khugepaged, ...)
+    NOTHING = "nothing"      # nothing left to compare (exit)
+
+
+Handler = Callable[["Simulator", MM, Op, int], OpResult]
+
+
+@dataclass(frozen=True)
+class OpKind:
+    """One trace op kind: its handler (simulator, the op's mm, the op, its absolute start address) and metadata."""
+
+    name: str
+    handler: Handler
+    kernel: str                  # the kernel entry point it models
+    model_only: bool = False     # no unprivileged, side-effect-free live trigger (trace.format.MODEL_ONLY_OPS)
+    scope: Scope = Scope.RANGE
+
+
+OPS: dict[str, OpKind] = {}
+
+
+def _op(name: str, kernel: str, *, model_only: bool = False,
+        scope: Scope = Scope.RANGE) -> Callable[[Handler], Handler]:
+    def register(fn: Handler) -> Handler:
+        OPS[name] = OpKind(name, fn, kernel, model_only, scope)
+        return fn
+    return register
+
+
+@_op("mmap", "mm/mmap.c do_mmap")
+def _mmap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    rc = mmap.do_mmap(sim.k, mm, a, op.length, PROTS[op.prot], op.flags)
+    if rc < 0:
+        return _result(rc), None
+    if sim.shadow:
+        sim.shadow.discard(op.proc, a, a + op.length, "mmap")
+    return rc - sim.base, None
+
+
+@_op("munmap", "mm/vma.c do_vmi_munmap")
+def _munmap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    rc = mmap.do_munmap(sim.k, mm, a, op.length)
+    if rc == 0 and sim.shadow:
+        sim.shadow.discard(op.proc, a, a + op.length, "munmap")
+    return _result(rc), None
+
+
+@_op("mprotect", "mm/mprotect.c do_mprotect_pkey")
+def _mprotect(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(mprotect.do_mprotect(sim.k, mm, a, op.length, PROTS[op.prot])), None
+
+
+@_op("mremap", "mm/mremap.c do_mremap")
+def _mremap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    dest = None if op.dest is None else sim.base + op.dest
+    rc = mremap.do_mremap(sim.k, mm, a, op.length, op.new_length, op.flags, dest)
+    if rc < 0:
+        return _result(rc), None
+    if sim.shadow:
+        sim.shadow.mremap(op.proc, a, op.length, rc, op.new_length, dontunmap="dontunmap" in op.flags)
+    return rc - sim.base, None
+
+
+@_op("mlock", "mm/mlock.c do_mlock")
+def _mlock(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(mlock.do_mlock(sim.k, mm, a, op.length, op.flags)), None
+
+
+@_op("munlock", "mm/mlock.c munlock")
+def _munlock(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(mlock.do_munlock(sim.k, mm, a, op.length)), None
+
+
+@_op("madvise", "mm/madvise.c do_madvise")
+def _madvise(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    end = a + op.length
+    hole = not mm.vmas.covered(a, end)
+    rc = madvise.do_madvise(sim.k, mm, a, op.length, op.advice)
+    if sim.shadow and (rc == 0 or (rc == -_errno.ENOMEM and hole)):
+        # ENOMEM for a hole: madvise_walk_vmas still applied the advice to every mapped part
+        mapped = [(max(v.start, a), min(v.end, end)) for v in mm.vmas.overlapping(a, end)] if rc else [(a, end)]
+        sim.shadow.madvise(op.proc, op.advice, mapped, hole_enomem=rc != 0,
+                           split_can_fail=sim.k.design.split_can_fail)
+    return _result(rc), None
+
+
+def _access(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    write = op.kind == "write"
+    res, raw, pages = memory.access(sim.k, mm, a, a + op.length, write=write, stride=op.stride, fill=op.fill,
+                                    byte=op.byte)
+    if write and sim.shadow:
+        sim.shadow.user_write(op.proc, pages, op.byte)
+    return res, (read_digest(raw) if not write and res == 0 else None)
+
+
+_op("write", "user store (handle_mm_fault on a miss)")(_access)
+_op("read", "user load (handle_mm_fault on a miss)")(_access)
+
+
+@_op("fork", "kernel/fork.c dup_mmap", scope=Scope.ANYWHERE)
+def _fork(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    rc = fork.do_fork(sim.k, mm, op.child)
+    if rc == 0:
+        sim.order.append(op.child)
+        if sim.shadow:
+            skip = [(v.start, v.end) for v in mm.vmas if v.flags & (VM_DONTCOPY | VM_WIPEONFORK)]
+            sim.shadow.fork(op.proc, op.child, skip)
+    return _result(rc), None
+
+
+@_op("exit", "kernel/exit.c do_exit → exit_mmap", scope=Scope.NOTHING)
+def _exit(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    k = sim.k
+    names = [n for n in sim.order if n != "main"] + ["main"] if op.proc == "main" else [op.proc]
+    for n in names:
+        m = k.procs.get(n)
+        if m is None or not m.alive:
+            continue
+        gup.unpin_all(k, m)
+        kexit.exit_mmap(k, m)
+        if sim.check:
+            errs = invariants.check_exited(k, m)
+            if errs:
+                raise InvariantViolation("; ".join(errs), trace_prefix="\n".join(
+                    dumps_op(o) for o in [*sim.ops_done, op]))
+        if sim.shadow:
+            sim.shadow.drop(n)
+    return 0, None
+
+
+@_op("khugepaged", "mm/khugepaged.c khugepaged_scan_mm_slot", model_only=True, scope=Scope.ANYWHERE)
+def _khugepaged(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return khugepaged.khugepaged_pass(sim.k), None
+
+
+@_op("shrink_deferred", "mm/huge_memory.c deferred_split_scan", model_only=True, scope=Scope.ANYWHERE)
+def _shrink_deferred(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return deferred_split_scan(sim.k), None
+
+
+@_op("reclaim", "mm/vmscan.c shrink_folio_list (kswapd)", model_only=True, scope=Scope.ANYWHERE)
+def _reclaim(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    outs = vmscan.reclaim_range(sim.k, mm, a, a + op.length, memalloc=True, skip_shared=False, caller="kswapd")
+    return sum(1 for o in outs if o in ("swapped", "discarded")), None
+
+
+@_op("gup", "mm/gup.c __get_user_pages", model_only=True, scope=Scope.ANYWHERE)
+def _gup(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(gup.get_user_pages(sim.k, mm, a, a + op.length, op.flags)), None
+
+
+@_op("uffd_move", "mm/userfaultfd.c move_pages", model_only=True)
+def _uffd_move(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    assert op.dest is not None
+    dst = sim.base + op.dest
+    rc, moved = userfaultfd.move_pages(sim.k, mm, a, dst, op.length)
+    if sim.shadow and moved:
+        sim.shadow.move(op.proc, a, dst, moved)
+    return (_result(rc) if rc else moved), None
+
+
+@_op("uffd_wp", "mm/userfaultfd.c mwriteprotect_range", model_only=True)
+def _uffd_wp(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(userfaultfd.writeprotect(sim.k, mm, a, a + op.length)), None
+
+
+@_op("pagemap_scan_wp", "fs/proc/task_mmu.c do_pagemap_scan (PM_SCAN_WP_MATCHING)", model_only=True)
+def _pagemap_scan_wp(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(task_mmu.pagemap_scan_wp(sim.k, mm, a, a + op.length)), None
+
+
+@_op("migrate", "mm/migrate_device.c migrate_vma_setup", model_only=True, scope=Scope.ANYWHERE)
+def _migrate(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return _result(migrate_device.migrate_vma(sim.k, mm, a, a + op.length)), None
+
+
+@_op("expect", "(none: checks the observation)", scope=Scope.ANYWHERE)
+def _expect(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+    return None, None
+
+
+MODEL_ONLY = frozenset(name for name, o in OPS.items() if o.model_only)
+
+
+# ---- the simulator --------------------------------------------------------------------------------------------------
 class Simulator:
     """Runs ops one at a time (so campaigns can drive it step by step)."""
 
@@ -101,42 +301,61 @@ class Simulator:
         self.order: list[str] = ["main"]
         k.new_mm("main")
         self.ops_done: list[Op] = []
-        self.baseline_events: Counter[str] = Counter()
 
     # ---- one step --------------------------------------------------------------------------------------------
     def step(self, i: int, op: Op) -> StepObs:
+        """Run one op (fault injection armed for it if asked), then check and observe."""
         k = self.k
         k.log = StepLog()
-        result: int | str | None
-        data: str | None = None
         if op.inject is not None:
             k.alloc.arm(INJECT_POINTS[op.inject.at], op.inject.times)
         try:
-            result, data = self._do(op)
+            result, data = self.execute(op)
         except LivelockDetected as e:
-            result = "LIVELOCK"
+            result, data = "LIVELOCK", None
             k.log.notes.append(str(e))
         finally:
             injected = k.alloc.disarm() if op.inject is not None else ()
         self.ops_done.append(op)
-        violations: list[str] = []
-        if self.shadow is not None:
-            scope = self._scope(op)
-            for name in self.order:
-                mm = k.procs.get(name)
-                if mm is None or not mm.alive:
-                    continue
-                if scope is None:
-                    violations += compare(k, mm, self.shadow, self.base)
-                elif name == op.proc:
-                    violations += compare(k, mm, self.shadow, self.base, scope)
+        violations = self._violations(op)
         if self.check:
-            errs = invariants.check(k)
-            if errs:
-                prefix = "\n".join(dumps_op(o) for o in self.ops_done)
-                raise InvariantViolation("; ".join(errs[:5]), step=i, trace_prefix=prefix)
+            self._check_invariants(i)
         obs = self.observe(i, op, result, data, violations)
         return replace(obs, injected=injected) if injected else obs
+
+    def execute(self, op: Op) -> OpResult:
+        """Run the op in its process through the op table, without observing: (result, read digest)."""
+        mm = self.k.procs.get(op.proc)
+        if mm is None or not mm.alive:
+            # e.g. the fork that should have created it failed (ENOMEM): nothing to run it in
+            self.k.log.notes.append(no_process_note(op.proc))
+            return None, None
+        spec = OPS.get(op.kind)
+        if spec is None:
+            raise AssertionError(f"unhandled op {op.kind}")
+        return spec.handler(self, mm, op, self.base + op.start)
+
+    def _violations(self, op: Op) -> list[str]:
+        if self.shadow is None:
+            return []
+        k = self.k
+        scope = self._scope(op)
+        out: list[str] = []
+        for name in self.order:
+            mm = k.procs.get(name)
+            if mm is None or not mm.alive:
+                continue
+            if scope is None:
+                out += compare(k, mm, self.shadow, self.base)
+            elif name == op.proc:
+                out += compare(k, mm, self.shadow, self.base, scope)
+        return out
+
+    def _check_invariants(self, i: int) -> None:
+        errs = invariants.check(self.k)
+        if errs:
+            prefix = "\n".join(dumps_op(o) for o in self.ops_done)
+            raise InvariantViolation("; ".join(errs[:5]), step=i, trace_prefix=prefix)
 
     def _scope(self, op: Op) -> list[tuple[int, int]] | None:
         """Where this op can change what the program reads (None: anywhere, in any process).
@@ -144,9 +363,11 @@ class Simulator:
         With ``shadow_scope="op"`` (the default) a data-contract violation is reported at the step whose op
         caused it, by comparing only that range; ``"all"`` compares every page of every process every step.
         """
-        if self.shadow_scope == "all" or op.kind in ("fork", "khugepaged", "shrink_deferred", "reclaim",
-                                                      "migrate", "gup", "expect", "exit"):
-            return None if op.kind != "exit" else []
+        scope = OPS[op.kind].scope
+        if scope is Scope.NOTHING:
+            return []
+        if self.shadow_scope == "all" or scope is Scope.ANYWHERE:
+            return None
         pg = self.k.page
         n = max(op.length, op.new_length)
         starts = [self.base + op.start] + ([self.base + op.dest] if op.dest is not None else [])
@@ -164,137 +385,6 @@ class Simulator:
         meminfo = tuple(sorted((n, v) for n, v in mi.items() if v and n in MEMINFO_FIELDS))
         return StepObs(step=i, line=op.line, op=op.kind, proc=op.proc, result=result, data=data, procs=procs,
                        vmstat=vm, meminfo=meminfo, notes=tuple(k.log.notes), violations=tuple(violations))
-
-    # ---- dispatch --------------------------------------------------------------------------------------------
-    def _do(self, op: Op) -> tuple[int | str | None, str | None]:
-        k = self.k
-        mm = k.procs.get(op.proc)
-        if mm is None or not mm.alive:
-            # e.g. the fork that should have created it failed (ENOMEM): nothing to run it in
-            k.log.notes.append(no_process_note(op.proc))
-            return None, None
-        a = self.base + op.start
-        sh = self.shadow
-        kind = op.kind
-        if kind == "mmap":
-            rc = mmap.do_mmap(k, mm, a, op.length, PROTS[op.prot], op.flags)
-            if rc >= 0:
-                if sh:
-                    sh.discard(op.proc, a, a + op.length, "mmap")
-                return rc - self.base, None
-            return _result(rc), None
-        if kind == "munmap":
-            rc = mmap.do_munmap(k, mm, a, op.length)
-            if rc == 0 and sh:
-                sh.discard(op.proc, a, a + op.length, "munmap")
-            return _result(rc), None
-        if kind == "mprotect":
-            return _result(mprotect.do_mprotect(k, mm, a, op.length, PROTS[op.prot])), None
-        if kind == "mremap":
-            dest = None if op.dest is None else self.base + op.dest
-            rc = mremap.do_mremap(k, mm, a, op.length, op.new_length, op.flags, dest)
-            if rc >= 0:
-                if sh:
-                    self._shadow_mremap(op, a, rc)
-                return rc - self.base, None
-            return _result(rc), None
-        if kind == "mlock":
-            return _result(mlock.do_mlock(k, mm, a, op.length, op.flags)), None
-        if kind == "munlock":
-            return _result(mlock.do_munlock(k, mm, a, op.length)), None
-        if kind == "madvise":
-            end = a + op.length
-            hole = not mm.vmas.covered(a, end)
-            rc = madvise.do_madvise(k, mm, a, op.length, op.advice)
-            if sh and (rc == 0 or (rc == -_errno.ENOMEM and hole)):
-                # ENOMEM for a hole: madvise_walk_vmas still applied the advice to every mapped part
-                mapped = [(max(v.start, a), min(v.end, end)) for v in mm.vmas.overlapping(a, end)] if rc else \
-                    [(a, end)]
-                why = f"MADV_{op.advice.upper()} returned {'0' if rc == 0 else 'ENOMEM (hole)'}"
-                for lo, hi in mapped:
-                    if op.advice in ("dontneed", "dontneed_locked", "guard_install"):
-                        if rc == 0 or not k.design.split_can_fail:
-                            sh.discard(op.proc, lo, hi, why)
-                        else:   # lazy designs: the ENOMEM may also be a failed split; data or zero
-                            sh.lazyfree(op.proc, lo, hi)
-                    elif op.advice == "free":
-                        sh.lazyfree(op.proc, lo, hi)
-            return _result(rc), None
-        if kind in ("write", "read"):
-            res, raw, pages = memory.access(k, mm, a, a + op.length, write=kind == "write", stride=op.stride,
-                                            fill=op.fill, byte=op.byte)
-            if kind == "write" and sh:
-                for pg, offsets, full in pages:
-                    old = sh.proc(op.proc).get(pg, (0, ()))
-                    new = content_write(old, None if full else dict.fromkeys(offsets or {}, op.byte),
-                                        op.byte if full else None)
-                    sh.write(op.proc, pg, new, "write")
-            return res, (read_digest(raw) if kind == "read" and res == 0 else None)
-        if kind == "fork":
-            rc = fork.do_fork(k, mm, op.child)
-            if rc == 0:
-                self.order.append(op.child)
-                if sh:
-                    skip = [(v.start, v.end) for v in mm.vmas if v.flags & (VM_DONTCOPY | VM_WIPEONFORK)]
-                    sh.fork(op.proc, op.child, skip)
-            return _result(rc), None
-        if kind == "exit":
-            names = [n for n in self.order if n != "main"] + ["main"] if op.proc == "main" else [op.proc]
-            for n in names:
-                m = k.procs.get(n)
-                if m is None or not m.alive:
-                    continue
-                gup.unpin_all(k, m)
-                kexit.exit_mmap(k, m)
-                if self.check:
-                    errs = invariants.check_exited(k, m)
-                    if errs:
-                        raise InvariantViolation("; ".join(errs), trace_prefix="\n".join(
-                            dumps_op(o) for o in [*self.ops_done, op]))
-                if sh:
-                    sh.drop(n)
-            return 0, None
-        if kind == "khugepaged":
-            return khugepaged.khugepaged_pass(k), None
-        if kind == "shrink_deferred":
-            return deferred_split_scan(k), None
-        if kind == "reclaim":
-            outs = vmscan.reclaim_range(k, mm, a, a + op.length, memalloc=True, skip_shared=False, caller="kswapd")
-            return sum(1 for o in outs if o in ("swapped", "discarded")), None
-        if kind == "gup":
-            return _result(gup.get_user_pages(k, mm, a, a + op.length, op.flags)), None
-        if kind == "uffd_move":
-            assert op.dest is not None
-            rc, moved = userfaultfd.move_pages(k, mm, a, self.base + op.dest, op.length)
-            if sh and moved:
-                sh.move(op.proc, a, self.base + op.dest, moved)
-            return (_result(rc) if rc else moved), None
-        if kind == "uffd_wp":
-            return _result(userfaultfd.writeprotect(k, mm, a, a + op.length)), None
-        if kind == "pagemap_scan_wp":
-            return _result(task_mmu.pagemap_scan_wp(k, mm, a, a + op.length)), None
-        if kind == "migrate":
-            return _result(migrate_device.migrate_vma(k, mm, a, a + op.length)), None
-        if kind == "expect":
-            return None, None
-        raise AssertionError(f"unhandled op {kind}")
-
-    def _shadow_mremap(self, op: Op, old: int, new: int) -> None:
-        sh = self.shadow
-        assert sh is not None
-        keep = min(op.length, op.new_length)
-        if op.new_length < op.length:
-            sh.discard(op.proc, old + op.new_length, old + op.length, "mremap shrink")
-        if new != old:
-            # MREMAP_FIXED (and DONTUNMAP) unmap whatever was at the destination first
-            sh.discard(op.proc, new, new + op.new_length, "mremap to a fixed destination")
-            sh.move(op.proc, old, new, keep)
-            if "dontunmap" not in op.flags:
-                sh.discard(op.proc, old, old + op.length, "mremap")
-            else:
-                sh.discard(op.proc, old, old + op.length, "MREMAP_DONTUNMAP")
-        if op.new_length > op.length:
-            sh.discard(op.proc, new + op.length, new + op.new_length, "mremap grow")
 
 
 def run_model(trace: Trace, *, design: str = "upstream", arch: str = "x86_64", knobs: Knobs | None = None,

@@ -1,4 +1,5 @@
-"""get_user_pages / pin_user_pages (mm/gup.c): faulting in, FOLL_PIN, and FOLL_SPLIT_PMD in follow_pmd_mask.
+"""get_user_pages / pin_user_pages (mm/gup.c): faulting in, FOLL_PIN, and FOLL_SPLIT_PMD in follow_pmd_mask;
+population (``__mm_populate``) for mlock, MAP_POPULATE/MAP_LOCKED and mremap of locked VMAs.
 
 A pin raises the folio's pin count until the pinning process exits (then it is dropped), which makes fork copy
 the page (``folio_try_dup_anon_rmap`` fails) and collapse refuse it. With FOLL_SPLIT_PMD (uprobes) a huge PMD is
@@ -12,8 +13,22 @@ from __future__ import annotations
 from thpsim.model import huge_memory, memory
 from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd
+from thpsim.model.rmap import _maybe_free
+from thpsim.model.vma import VM_LOCKONFAULT, VM_READ, VM_WRITE
 
 ENOMEM, EFAULT = -12, -14
+
+
+def mm_populate(k: Kernel, mm: MM, start: int, end: int) -> int:
+    """__mm_populate(): fault in every VMA of [start, end) (populate_vma_page_range: write faults on writable
+    private VMAs), skipping VM_LOCKONFAULT and inaccessible VMAs; 0 or -ENOMEM."""
+    for v in mm.vmas.overlapping(start, end):
+        if v.flags & VM_LOCKONFAULT or not v.flags & (VM_READ | VM_WRITE):
+            continue
+        rc = memory.fault_in_range(k, mm, max(v.start, start), min(v.end, end), write=v.writable)
+        if rc != VM_FAULT_OK:
+            return ENOMEM
+    return 0
 
 
 def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ...]) -> int:
@@ -48,8 +63,6 @@ def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ..
 
 
 def unpin_all(k: Kernel, mm: MM) -> None:
-    from thpsim.model.rmap import _maybe_free
-
     for f in k.pins.pop(mm.name, []):
         f.pins -= 1
         _maybe_free(k, f)

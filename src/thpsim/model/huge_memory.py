@@ -8,9 +8,12 @@ Models: THP eligibility (``thp_vma_allowable_order`` / ``thp_vma_suitable_order`
 splits (``split_folio`` → ``__folio_split`` with zero-filled subpages remapped to the shared zero page) and the
 deferred-split shrinker (``deferred_split_scan``, underused THPs).
 
-Where the table comes from is the design's question (``k.design.deposit``): upstream deposits at creation and
-withdraws at split; the lazy series allocates at split (``pte_alloc_one@split``) and the split can fail with
--ENOMEM, counted in ``thp_split_pmd_failed``.
+Where the table comes from is the design's one question here (``k.design.deposit``), asked only by the table
+hooks in the first section: upstream deposits at creation (``pgtable_alloc_deposit`` +
+``pgtable_trans_huge_deposit``) and withdraws at split; the lazy series allocates at split
+(``split_pgtable_alloc``: ``pte_alloc_one@split``) and the split can fail with -ENOMEM, counted in
+``thp_split_pmd_failed``. zap, collapse, fork and mremap/UFFDIO_MOVE go through the same hooks. Follows Linux
+6.18 / 7.3.4 and the series v3.
 
 Left out: file/shmem/DAX PMDs, PMD migration entries (NUMA), userfaultfd-wp bits, mTHP orders.
 """
@@ -24,6 +27,71 @@ from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
 from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
 
 ENOMEM = -12
+
+
+# ---- the PTE table behind a huge PMD (the design hooks) -------------------------------------------------------
+def pgtable_alloc_deposit(k: Kernel, site: str) -> bool:
+    """pte_alloc_one() for the table a new huge PMD deposits (fault, huge zero page, fork); False on failure.
+    True without allocating when the design does not deposit."""
+    return not k.design.deposit or k.pte_alloc_one(site)
+
+
+def pgtable_free_deposit(k: Kernel) -> None:
+    """pte_free() of a table from :func:`pgtable_alloc_deposit` that was not deposited after all."""
+    if k.design.deposit:
+        k.pte_free()
+
+
+def pgtable_trans_huge_deposit(k: Kernel, mm: MM, haddr: int) -> None:
+    """pgtable_trans_huge_deposit + mm_inc_nr_ptes, when the design deposits."""
+    if k.design.deposit:
+        mm.pt.deposit(haddr)
+
+
+def split_pgtable_alloc(k: Kernel, caller: str) -> int:
+    """The table a split will use, before the PMD lock: 1 freshly allocated (lazy), 0 the deposit (upstream),
+    -ENOMEM when the lazy allocation fails (counted in thp_split_pmd_failed)."""
+    if k.design.deposit:
+        return 0
+    if not k.pte_alloc_one("pte_alloc_one@split"):
+        k.vmstat.count("thp_split_pmd_failed")
+        k.log.failed_sites.append(caller)
+        return ENOMEM
+    return 1
+
+
+def split_pgtable_take(k: Kernel, mm: MM, haddr: int) -> None:
+    """__split_huge_pmd_locked's table: pgtable_trans_huge_withdraw (upstream), or the fresh one (mm_inc_nr_ptes)."""
+    if k.design.deposit:
+        mm.pt.withdraw(haddr)
+    else:
+        mm.pt.nr_ptes += 1
+
+
+def zap_deposited_table(k: Kernel, mm: MM, haddr: int) -> None:
+    """zap_huge_pmd: withdraw and free the deposited table (mm_dec_nr_ptes), when the design deposits."""
+    if k.design.deposit:
+        mm.pt.withdraw(haddr)
+        mm.pt.nr_ptes -= 1
+        k.pte_free()
+
+
+def move_deposited_table(k: Kernel, mm: MM, old: int, new: int, *, must_withdraw: bool = True) -> None:
+    """The deposit follows a moved huge PMD (move_huge_pmd when pmd_move_must_withdraw(), move_pages_huge_pmd
+    always), when the design deposits."""
+    if k.design.deposit and must_withdraw:
+        mm.pt.withdraw(old)
+        mm.pt.pmd_tables[new >> mm.pt.pud_shift].deposits += 1
+
+
+def collapse_old_table(k: Kernel, mm: MM, haddr: int) -> None:
+    """collapse_huge_page: the old PTE table, already out of the tree (mm_dec_nr_ptes), becomes the new huge PMD's
+    deposit (count restored) or, under the lazy design, is freed."""
+    if k.design.deposit:
+        mm.pt.pmd_tables[haddr >> mm.pt.pud_shift].deposits += 1
+        mm.pt.nr_ptes += 1
+    else:
+        k.pte_free()
 
 
 # ---- eligibility ----------------------------------------------------------------------------------------------
@@ -66,18 +134,15 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bo
         return VM_FAULT_FALLBACK
     if vma.anon_vma is None:
         vma.anon_vma = k.new_anon_vma()
-    deposit = k.design.deposit
     if not write and k.knobs.use_zero_page:
-        if deposit and not k.pte_alloc_one("pte_alloc_one@huge_zero"):
+        if not pgtable_alloc_deposit(k, "pte_alloc_one@huge_zero"):
             return VM_FAULT_OOM
         if not mm_get_huge_zero_folio(k, mm):
-            if deposit:
-                k.pte_free()
+            pgtable_free_deposit(k)
             k.vmstat.count("thp_fault_fallback")
             return VM_FAULT_FALLBACK
         mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(None, write=False, dirty=False)
-        if deposit:
-            mm.pt.deposit(haddr)
+        pgtable_trans_huge_deposit(k, mm, haddr)
         return VM_FAULT_OK
     f = k.folio_alloc("folio@thp_fault", k.nr.bit_length() - 1)
     if f is None:
@@ -89,13 +154,13 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bo
 
 def _map_new_thp(k: Kernel, mm: MM, vma: Vma, haddr: int, f: Folio, *, site: str | None) -> int:
     """__do_huge_pmd_anonymous_page / map_anon_folio_pmd_pf: deposit (if the design does), map, count."""
-    if k.design.deposit and site is not None and not k.pte_alloc_one(site):
+    if site is not None and not pgtable_alloc_deposit(k, site):
         k.folio_free(f)
         return VM_FAULT_OOM
     mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(f, write=vma.writable, dirty=True)
     rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
-    if k.design.deposit and site is not None:
-        mm.pt.deposit(haddr)
+    if site is not None:
+        pgtable_trans_huge_deposit(k, mm, haddr)
     k.vmstat.count("thp_fault_alloc")
     k.vmstat.mthp["anon_fault_alloc"] += 1
     rmap.deferred_split_folio(k, f, False)   # queued for the underused shrinker (no counter)
@@ -153,13 +218,9 @@ def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str, fre
     huge = isinstance(slot, HugePmd)
     if not huge and not alloc_even_if_not_huge:
         return 0
-    allocated = False
-    if not k.design.deposit:
-        if not k.pte_alloc_one("pte_alloc_one@split"):
-            k.vmstat.count("thp_split_pmd_failed")
-            k.log.failed_sites.append(caller)
-            return ENOMEM
-        allocated = True
+    allocated = split_pgtable_alloc(k, caller)
+    if allocated < 0:
+        return allocated
     if isinstance(slot, HugePmd):
         __split_huge_pmd_locked(k, mm, vma, haddr, slot, caller=caller)
     elif allocated:
@@ -172,10 +233,7 @@ def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd
     k.vmstat.count("thp_split_pmd")
     k.log.split_sites.append(caller)
     pt = mm.pt
-    if k.design.deposit:
-        pt.withdraw(haddr)
-    else:
-        pt.nr_ptes += 1      # mm_inc_nr_ptes for the freshly allocated table
+    split_pgtable_take(k, mm, haddr)
     table = PteTable()
     pt.slots[haddr >> pt.pmd_shift] = table
     ptes = table.ptes
@@ -227,33 +285,23 @@ def zap_huge_pmd(k: Kernel, mm: MM, haddr: int) -> None:
     assert isinstance(hp, HugePmd)
     if hp.folio is not None:
         rmap.folio_remove_rmap_pmd(k, mm, hp.folio)
-    if k.design.deposit:
-        zap_deposited_table(k, mm, haddr)
-
-
-def zap_deposited_table(k: Kernel, mm: MM, haddr: int) -> None:
-    mm.pt.withdraw(haddr)
-    mm.pt.nr_ptes -= 1
-    k.pte_free()
+    zap_deposited_table(k, mm, haddr)
 
 
 def copy_huge_pmd(k: Kernel, dst: MM, src: MM, src_vma: Vma, haddr: int, hp: HugePmd) -> int:
     """fork: share the THP (or huge zero PMD) with the child. 0, -ENOMEM, or -EAGAIN (copy PTEs instead)."""
-    deposit = k.design.deposit
-    if deposit and not k.pte_alloc_one("pte_alloc_one@fork"):
+    if not pgtable_alloc_deposit(k, "pte_alloc_one@fork"):
         return ENOMEM
     if hp.is_zero:
         mm_get_huge_zero_folio(k, dst)
         dst.pt.slots[haddr >> dst.pt.pmd_shift] = HugePmd(None, write=False, dirty=False)
-        if deposit:
-            dst.pt.deposit(haddr)
+        pgtable_trans_huge_deposit(k, dst, haddr)
         return 0
     f = hp.folio
     assert f is not None
     if f.pins and f.anon_exclusive:
         # folio_try_dup_anon_rmap_pmd() failed: the folio may be pinned; split the parent, copy at PTE level
-        if deposit:
-            k.pte_free()
+        pgtable_free_deposit(k)
         if __split_huge_pmd(k, src, src_vma, haddr, caller="copy_huge_pmd") != 0:
             return ENOMEM
         return -11  # -EAGAIN
@@ -261,8 +309,7 @@ def copy_huge_pmd(k: Kernel, dst: MM, src: MM, src_vma: Vma, haddr: int, hp: Hug
     f.anon_exclusive = False
     hp.write = False
     dst.pt.slots[haddr >> dst.pt.pmd_shift] = HugePmd(f, write=False, dirty=hp.dirty)
-    if deposit:
-        dst.pt.deposit(haddr)
+    pgtable_trans_huge_deposit(k, dst, haddr)
     return 0
 
 
@@ -273,9 +320,8 @@ def move_huge_pmd(k: Kernel, mm: MM, old: int, new: int) -> bool:
         return False
     hp = pt.slots.pop(old >> pt.pmd_shift)
     pt.slots[new >> pt.pmd_shift] = hp
-    if k.design.deposit and (old >> pt.pud_shift) != (new >> pt.pud_shift):
-        pt.withdraw(old)
-        pt.pmd_tables[new >> pt.pud_shift].deposits += 1
+    # pmd_move_must_withdraw(): only when the PMD tables (split PMD ptlocks) differ
+    move_deposited_table(k, mm, old, new, must_withdraw=(old >> pt.pud_shift) != (new >> pt.pud_shift))
     return True
 
 
@@ -294,15 +340,13 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
     Returns True on success. Fails (thp_split_page_failed) if the folio is pinned or, under the lazy design,
     if a PMD split in try_to_migrate_one had no table (the rmap walk bails out, ret = false).
     """
-    from thpsim.model import vmscan
-
     if f.freed or not f.large:
         return False
     if f.pins:
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False
-    if not vmscan.try_to_migrate(k, f, caller=caller):
+    if not rmap.try_to_migrate(k, f, caller=caller):
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False

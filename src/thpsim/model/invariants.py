@@ -53,7 +53,7 @@ def check(k: Kernel) -> list[str]:
     thps = sum(1 for f in folios.values() if f.large and f.entire_mapcount > 0)
     if thps != k.vmstat.nr_anon_thps:
         errs.append(f"NR_ANON_THPS {k.vmstat.nr_anon_thps} but {thps} folios have a PMD mapping")
-    tables += (k.reserve_pool if k.design.rmap_tables == "reserve_pool" else 0) * k.arch.pagetable_page_bytes
+    tables += (k.reserve_pool if k.design.pool_tables else 0) * k.arch.pagetable_page_bytes
     if tables != k.vmstat.nr_pagetable_bytes:
         errs.append(f"NR_PAGETABLE {k.vmstat.nr_pagetable_bytes} B but the page tables add up to {tables} B")
     return errs

@@ -81,7 +81,7 @@ class Kernel:
         self.max_retries = max_retries
         self.log = StepLog()
         self.pins: dict[str, list[Folio]] = {}     # FOLL_PIN references held per process
-        self.reserve_pool = self.design.reserve_pool_size if self.design.rmap_tables == "reserve_pool" else 0
+        self.reserve_pool = self.design.pool_tables
         if self.reserve_pool:
             # the pool is allocated up front (outside reclaim), like a mempool
             for _ in range(self.reserve_pool):

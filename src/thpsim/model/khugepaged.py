@@ -17,6 +17,7 @@ touched, so it holds), file/shmem collapse, swap-in during collapse, mTHP collap
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
 from thpsim.model.vma import Vma
@@ -98,7 +99,7 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
     table = pt.slot(haddr)
     assert isinstance(table, PteTable)
     filled = 0
-    by_folio: dict[int, tuple[object, list[int]]] = {}
+    by_folio: dict[int, tuple[Folio, list[int]]] = {}
     for i in range(k.nr):
         pte = table.ptes.get(i)
         if pte is None or pte.kind == PTE_ZERO:
@@ -110,18 +111,14 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
         by_folio.setdefault(id(old), (old, []))[1].append(pte.idx)
     # __collapse_huge_page_copy_succeeded: release the old pages (RSS moves to the new folio)
     for old, idxs in by_folio.values():
-        rmap.folio_remove_rmap_ptes(k, mm, old, idxs)  # type: ignore[arg-type]
+        rmap.folio_remove_rmap_ptes(k, mm, old, idxs)
     table.ptes.clear()
     del pt.slots[haddr >> pt.pmd_shift]
     pt.nr_ptes -= 1   # the old table leaves the tree ...
     hp = HugePmd(f, write=vma.writable, dirty=True)
     pt.slots[haddr >> pt.pmd_shift] = hp
     rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
-    if k.design.deposit:
-        pt.pmd_tables[haddr >> pt.pud_shift].deposits += 1   # ... and becomes the deposit (count unchanged)
-        pt.nr_ptes += 1
-    else:
-        k.pte_free()   # lazy: mm_dec_nr_ptes + pte_free
+    huge_memory.collapse_old_table(k, mm, haddr)   # ... and becomes the deposit, or is freed (lazy)
     rmap.deferred_split_folio(k, f, False)
     k.log.notes.append(f"collapse at {haddr:#x}: {filled} none/zero PTEs filled")
     return SCAN_SUCCEED

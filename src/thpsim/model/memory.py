@@ -12,6 +12,7 @@ Left out: mTHP orders (only PMD order and order 0), file faults, fault-around, N
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio, content_byte, content_write
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
@@ -324,27 +325,38 @@ def _whole_pmd_read(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | N
 def _range_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]],
                         write: bool) -> bool:
     """access_error() for every touched page, with the VMA looked up once per VMA instead of once per page."""
-    pt = mm.pt
-    shift = pt.pmd_shift
     page = k.page
     if pages and pages[-1][0] - pages[0][0] == (len(pages) - 1) * page:
-        # every page of [lo, hi) is touched: check VMA coverage per VMA and guard markers per PTE table
-        lo, hi = pages[0][0], pages[-1][0] + page
-        pos = lo
-        for v in mm.vmas.overlapping(lo, hi):
-            if v.start > pos or not v.readable or (write and not v.writable):
-                return True
-            pos = v.end
-        if pos < hi:
+        return _contiguous_access_error(k, mm, pages[0][0], pages[-1][0] + page, write)
+    return _sparse_access_error(k, mm, pages, write)
+
+
+def _contiguous_access_error(k: Kernel, mm: MM, lo: int, hi: int, write: bool) -> bool:
+    """Every page of [lo, hi) is touched: check VMA coverage per VMA and guard markers per PTE table."""
+    pt = mm.pt
+    shift = pt.pmd_shift
+    pos = lo
+    for v in mm.vmas.overlapping(lo, hi):
+        if v.start > pos or not v.readable or (write and not v.writable):
             return True
-        for idx in range(lo >> shift, ((hi - 1) >> shift) + 1):
-            s = pt.slots.get(idx)
-            if isinstance(s, PteTable) and s.ptes:
-                base = idx << shift
-                a, b = (max(lo, base) - base) >> pt.page_shift, (min(hi, base + k.pmd_size) - base) >> pt.page_shift
-                if any(p.kind == PTE_GUARD and a <= i < b for i, p in s.ptes.items()):
-                    return True
-        return False
+        pos = v.end
+    if pos < hi:
+        return True
+    for idx in range(lo >> shift, ((hi - 1) >> shift) + 1):
+        s = pt.slots.get(idx)
+        if isinstance(s, PteTable) and s.ptes:
+            base = idx << shift
+            a, b = (max(lo, base) - base) >> pt.page_shift, (min(hi, base + k.pmd_size) - base) >> pt.page_shift
+            if any(p.kind == PTE_GUARD and a <= i < b for i, p in s.ptes.items()):
+                return True
+    return False
+
+
+def _sparse_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int] | None, bool]],
+                         write: bool) -> bool:
+    """Some pages are skipped (a stride over 4K): look the VMA up when leaving the last one, guards per table."""
+    pt = mm.pt
+    shift = pt.pmd_shift
     vstart = vend = -1
     cur_idx = -1
     guards: PteTable | None = None     # the current slot, if it is a PTE table holding guard markers
@@ -415,9 +427,9 @@ def zap_pmd_range(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, reclaim_
                 continue
             if huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
                 policy = k.design.zap_split_failure
-                if policy == "enomem":
+                if policy is ZapSplitFailure.ENOMEM:
                     return -12
-                if policy == "zero":
+                if policy is ZapSplitFailure.ZERO:
                     if not _zero_in_place(k, mm, slot, addr, nxt):
                         return -12
                 else:

@@ -1,5 +1,4 @@
-"""mlock/munlock (mm/mlock.c apply_vma_lock_flags, mlock_fixup) and population (mm/gup.c __mm_populate,
-populate_vma_page_range).
+"""mlock/munlock (mm/mlock.c apply_vma_lock_flags, mlock_fixup; population is gup.mm_populate).
 
 mlock splits the VMAs at the range ends (``vma_modify_flags`` → ``__split_vma`` → ``vma_adjust_trans_huge``; a
 PMD split at an unaligned end), sets VM_LOCKED, accounts ``locked_vm`` by VMA size (VmLck), and populates the
@@ -11,21 +10,13 @@ Left out: RLIMIT_MEMLOCK (root), the mlock LRU (folios are only marked mlocked),
 
 from __future__ import annotations
 
-from thpsim.model import memory
-from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
-from thpsim.model.vma import VM_LOCKED, VM_LOCKONFAULT, VM_READ, VM_WRITE
+from thpsim.model.gup import mm_populate
+from thpsim.model.kernel import MM, Kernel
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+from thpsim.model.vma import VM_LOCKED, VM_LOCKONFAULT
+from thpsim.model.vma_modify import vma_modify_flags
 
 EINVAL, ENOMEM = -22, -12
-
-
-def populate_range(k: Kernel, mm: MM, start: int, end: int) -> int:
-    for v in mm.vmas.overlapping(start, end):
-        if v.flags & VM_LOCKONFAULT or not v.flags & (VM_READ | VM_WRITE):
-            continue
-        rc = memory.fault_in_range(k, mm, max(v.start, start), min(v.end, end), write=v.writable)
-        if rc != VM_FAULT_OK:
-            return ENOMEM
-    return 0
 
 
 def _page_range(k: Kernel, start: int, length: int) -> tuple[int, int]:
@@ -36,8 +27,6 @@ def _page_range(k: Kernel, start: int, length: int) -> tuple[int, int]:
 
 
 def apply_vma_lock_flags(k: Kernel, mm: MM, start: int, end: int, set_flags: int, clear: bool) -> int:
-    from thpsim.model.vma_modify import vma_modify_flags
-
     first = mm.vmas.find(start)
     if first is None:
         return ENOMEM
@@ -73,7 +62,7 @@ def do_mlock(k: Kernel, mm: MM, start: int, length: int, flags: tuple[str, ...])
         return rc
     _mark_mlocked(k, mm, s, e)
     if "onfault" not in flags:
-        rc = populate_range(k, mm, s, e)
+        rc = mm_populate(k, mm, s, e)
     return rc
 
 
@@ -88,8 +77,6 @@ def do_munlock(k: Kernel, mm: MM, start: int, length: int) -> int:
 
 
 def _mark_mlocked(k: Kernel, mm: MM, start: int, end: int, value: bool = True) -> None:
-    from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
-
     pt = mm.pt
     for idx in range(start >> pt.pmd_shift, ((end - 1) >> pt.pmd_shift) + 1):
         s = pt.slots.get(idx)

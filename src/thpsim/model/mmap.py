@@ -1,5 +1,5 @@
 """mmap and munmap of anonymous private memory (mm/mmap.c do_mmap, mm/vma.c __mmap_region, do_vmi_munmap,
-vms_gather_munmap_vmas / vms_complete_munmap_vmas, __split_vma).
+vms_gather_munmap_vmas / vms_complete_munmap_vmas; __split_vma is vma_modify.split_vma).
 
 munmap splits the VMAs at unaligned ends first (``__split_vma`` → ``vma_adjust_trans_huge``; under the lazy
 design this can fail with ENOMEM and nothing is unmapped — a first split that succeeded stays), then zaps
@@ -12,35 +12,12 @@ Left out: file mappings, get_unmapped_area (the trace places every mapping), VM_
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, memory, mlock
+from thpsim.model import gup, memory
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.vma import VM_LOCKED, VM_NORESERVE, Vma, prot_to_flags
+from thpsim.model.vma_modify import split_range
 
 EINVAL, ENOMEM, EEXIST = -22, -12, -17
-
-
-def split_vma(k: Kernel, mm: MM, vma: Vma, addr: int) -> tuple[int, Vma | None]:
-    """__split_vma(): the PMD split first (may fail under lazy), then the VMA split. Returns (err, upper)."""
-    rc = huge_memory.vma_adjust_trans_huge(k, mm, vma, vma.start, addr, None, caller="__split_vma")
-    if rc:
-        return rc, None
-    _lower, upper = mm.vmas.split_at(vma, addr)
-    return 0, upper
-
-
-def split_range(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """Make VMA boundaries at start and end (the two __split_vma calls of a range operation)."""
-    v = mm.vmas.find(start)
-    if v is not None and v.start < start:
-        rc, _ = split_vma(k, mm, v, start)
-        if rc:
-            return rc
-    v = mm.vmas.find(end - 1) if end > start else None
-    if v is not None and v.end > end:
-        rc, _ = split_vma(k, mm, v, end)
-        if rc:
-            return rc
-    return 0
 
 
 def do_munmap(k: Kernel, mm: MM, start: int, length: int) -> int:
@@ -97,5 +74,5 @@ def do_mmap(k: Kernel, mm: MM, start: int, length: int, prot: int, flags: tuple[
         mm.locked_vm += length // page
     mm.vmas.try_merge_around(start, end)
     if "populate" in flags or "locked" in flags:
-        mlock.populate_range(k, mm, start, end)
+        gup.mm_populate(k, mm, start, end)
     return start

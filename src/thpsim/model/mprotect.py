@@ -15,7 +15,9 @@ Left out: pkeys, PROT_GROWSDOWN/UP, NUMA hinting (change_prot_numa), soft-dirty 
 from __future__ import annotations
 
 from thpsim.errors import LivelockDetected
-from thpsim.model import huge_memory
+from thpsim.model import huge_memory, rmap
+from thpsim.model.design import ChangeProtSplitFailure
+from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
@@ -67,7 +69,7 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
     (up-front variant)."""
     p = k.pmd_size
     pt = mm.pt
-    if k.design.change_prot_split_failure == "upfront":
+    if k.design.change_prot_split_failure is ChangeProtSplitFailure.UPFRONT:
         # split every partial huge PMD before changing anything (Kiryl's suggestion)
         for a in (start, end):
             if a % p:
@@ -104,9 +106,7 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
     return 0
 
 
-def _exclusive(k: Kernel, mm: MM, f) -> bool:  # type: ignore[no-untyped-def]
-    from thpsim.model import rmap
-
+def _exclusive(k: Kernel, mm: MM, f: Folio) -> bool:
     return f.anon_exclusive and all(m is mm for m in rmap.mms_mapping(k, f))
 
 

@@ -16,11 +16,12 @@ Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, mlock
+from thpsim.model import gup, huge_memory
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.mmap import do_munmap, split_range, unmap_region
+from thpsim.model.mmap import do_munmap, unmap_region
 from thpsim.model.pgtable import HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, Vma
+from thpsim.model.vma_modify import split_range
 
 EINVAL, ENOMEM, EFAULT = -22, -12, -14
 
@@ -41,31 +42,41 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: t
         return EINVAL
     if fixed or dontunmap:
         assert dest is not None
-        if dest % page:
-            return EINVAL
-        if dest < addr + old_len and addr < dest + new_len:
-            return EINVAL
-        vma = mm.vmas.find(addr)
-        if vma is None:
-            return EFAULT
-        if fixed or dontunmap:   # a DONTUNMAP move goes to the trace's slot like MREMAP_FIXED (live does so)
-            rc = do_munmap(k, mm, dest, new_len)
-            if rc:
-                return rc
-        if old_len > new_len:
-            rc = do_munmap(k, mm, addr + new_len, old_len - new_len)
-            if rc:
-                return rc
-            old_len = new_len
-        vma = mm.vmas.find(addr)
-        if vma is None or addr + old_len > vma.end:
-            return EFAULT
-        return move_vma(k, mm, vma, addr, old_len, dest, new_len, dontunmap=dontunmap)
+        return mremap_to(k, mm, addr, old_len, dest, new_len, dontunmap=dontunmap)
     if old_len == new_len:
         return addr
     if new_len < old_len:
         rc = do_munmap(k, mm, addr + new_len, old_len - new_len)
         return rc if rc else addr
+    return mremap_expand(k, mm, addr, old_len, new_len, dest if maymove else None)
+
+
+def mremap_to(k: Kernel, mm: MM, addr: int, old_len: int, new: int, new_len: int, *, dontunmap: bool) -> int:
+    """mremap_to(): MREMAP_FIXED (or DONTUNMAP, which the trace places like FIXED, as the live runner does):
+    unmap the destination, shrink the source if asked, then move."""
+    if new % k.page:
+        return EINVAL
+    if new < addr + old_len and addr < new + new_len:
+        return EINVAL
+    if mm.vmas.find(addr) is None:
+        return EFAULT
+    rc = do_munmap(k, mm, new, new_len)
+    if rc:
+        return rc
+    if old_len > new_len:
+        rc = do_munmap(k, mm, addr + new_len, old_len - new_len)
+        if rc:
+            return rc
+        old_len = new_len
+    vma = mm.vmas.find(addr)
+    if vma is None or addr + old_len > vma.end:
+        return EFAULT
+    return move_vma(k, mm, vma, addr, old_len, new, new_len, dontunmap=dontunmap)
+
+
+def mremap_expand(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, dest: int | None) -> int:
+    """Growing: in place when the VMA ends there and nothing follows (vma_expandable), else a MAYMOVE move to
+    ``dest`` (the trace's reserved slot, None without MAYMOVE)."""
     vma = mm.vmas.find(addr)
     if vma is None or addr + old_len > vma.end:
         return EFAULT
@@ -74,10 +85,10 @@ def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: t
         vma.end = addr + new_len
         mm.vmas.try_merge_around(vma.start, vma.end)
         if vma.flags & VM_LOCKED:
-            mm.locked_vm += (new_len - old_len) // page
-            mlock.populate_range(k, mm, old_end, addr + new_len)
+            mm.locked_vm += (new_len - old_len) // k.page
+            gup.mm_populate(k, mm, old_end, addr + new_len)
         return addr
-    if not maymove or dest is None:
+    if dest is None:
         return ENOMEM
     # the trace's reserved slot is used like MREMAP_MAYMOVE|MREMAP_FIXED (what the live runner does): anything
     # mapped there is unmapped first
@@ -129,7 +140,7 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
         k.log.notes.append(f"mremap: munmap of the source [{old:#x}, +{old_len:#x}) failed; the source stays "
                            "mapped (empty)")
     if new_len > old_len and nv.flags & VM_LOCKED:
-        mlock.populate_range(k, mm, new + old_len, new + new_len)
+        gup.mm_populate(k, mm, new + old_len, new + new_len)
     return new
 
 

@@ -1,5 +1,5 @@
 """Reverse mapping (mm/rmap.c): __folio_add_rmap / __folio_remove_rmap arithmetic, the deferred-split decision,
-and the rmap walk used by try_to_unmap / try_to_migrate.
+the rmap walk, and try_to_unmap / try_to_migrate with TTU_SPLIT_HUGE_PMD.
 
 The add/remove functions reproduce CONFIG_PAGE_MAPCOUNT exactly: the entire mapcount, per-page mapcounts,
 ``_nr_pages_mapped`` (with ENTIRELY_MAPPED folded in as "entire > 0"), NR_ANON_THPS on the first/last PMD
@@ -7,14 +7,27 @@ mapping, NR_ANON_MAPPED, and ``deferred_split_folio(folio, true)`` when some pag
 stay mapped and no PMD mapping is left. A folio whose last mapping goes away (and has no pins) is freed.
 
 The rmap walk finds a folio's mappings by scanning the mms (the model has no anon_vma interval tree).
+Under the lazy design each rmap_one call of try_to_unmap/try_to_migrate (one per VMA mapping the folio)
+pre-allocates one PTE table (``pte_alloc_one@rmap_prealloc``, in PF_MEMALLOC context when called from reclaim);
+a PMD mapping met with no table ends the walk with ``ret = false`` and counts ``thp_split_pmd_failed``; tables
+used by earlier VMAs stay (series §5.5, Hugh Dickins' objection). The ``lazy-reclaim-pool`` variant takes the
+tables from a pool reserved in advance instead.
+
+rmap ↔ huge_memory import each other at module level, as mm/rmap.c and mm/huge_memory.c call each other
+(folio_add/remove_rmap_pmd one way, split_huge_pmd_locked from try_to_unmap_one the other): the one cycle.
 Left out: KSM, file rmap, mlock bookkeeping beyond "mapped in a VM_LOCKED VMA".
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from thpsim.model import huge_memory
+from thpsim.model.design import RmapTables
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
+from thpsim.model.vma import Vma
 
 
 def _mapped_pages(f: Folio) -> int:
@@ -187,3 +200,86 @@ def _maps(mm: MM, f: Folio) -> bool:
         elif any(p.folio is f and p.kind == PTE_PAGE for p in s.ptes.values()):
             return True
     return False
+
+
+# ---- try_to_unmap / try_to_migrate (TTU_SPLIT_HUGE_PMD) -------------------------------------------------------
+def _take_table(k: Kernel, *, memalloc: bool) -> bool:
+    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool > 0:
+        k.reserve_pool -= 1
+        return True
+    return k.pte_alloc_one("pte_alloc_one@rmap_prealloc", memalloc=memalloc)
+
+
+def _return_table(k: Kernel) -> None:
+    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool < k.design.reserve_pool_size:
+        k.reserve_pool += 1
+    else:
+        k.pte_free()
+
+
+def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]]]:
+    """The rmap_one calls of an rmap walk: one per VMA mapping the folio, with that VMA's mappings."""
+    groups: dict[tuple[int, int], tuple[MM, Vma, list[tuple[int, str]]]] = {}
+    for mm, addr, kind in rmap_walk(k, f):
+        vma = mm.vmas.find(addr)
+        assert vma is not None
+        g = groups.get((id(mm), id(vma)))
+        if g is None:
+            g = groups[(id(mm), id(vma))] = (mm, vma, [])
+        g[2].append((addr, kind))
+    return list(groups.values())
+
+
+def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
+                        per_vma: Callable[[MM, Vma], None] | None = None) -> bool:
+    """The rmap walk of try_to_unmap / try_to_migrate with TTU_SPLIT_HUGE_PMD (set for every PMD-order folio).
+
+    Under the lazy design each rmap_one call (one per VMA mapping the folio, PMD- or PTE-mapped) first
+    pre-allocates one PTE table (series §5.5); a failed pre-allocation is acted on only when the walk meets a
+    PMD mapping: then the walk ends with ``ret = false`` and ``thp_split_pmd_failed`` is counted. An unused
+    table is freed at the end of the call and never counted. ``per_vma`` is what the rmap_one call does to that
+    VMA's (now PTE) mappings after the split (try_to_unmap_one installs swap entries as it goes), so the VMAs
+    visited before a failure stay unmapped. Returns False if the walk bailed out.
+    """
+    lazy = not k.design.deposit
+    prealloc_needed = lazy and f.large and f.nr == k.nr
+    for mm, vma, maps in _rmap_vmas(k, f):
+        table = _take_table(k, memalloc=memalloc) if prealloc_needed else False
+        for addr, kind in maps:
+            if kind != "pmd":
+                continue
+            if lazy and not table:
+                k.vmstat.count("thp_split_pmd_failed")
+                k.log.failed_sites.append(caller)
+                return False
+            hp = mm.pt.slot(addr)
+            assert isinstance(hp, HugePmd)
+            huge_memory.__split_huge_pmd_locked(k, mm, vma, addr, hp, caller=caller)
+            table = False   # consumed by split_huge_pmd_locked
+        if table:
+            _return_table(k)   # not needed (PTE-mapped here): freed at exit, never counted
+        if per_vma is not None:
+            per_vma(mm, vma)
+    return True
+
+
+def vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
+    """The PTEs of ``vma`` that map folio ``f``: (address, pte), in address order."""
+    pt = mm.pt
+    out: list[tuple[int, Pte]] = []
+    for idx in range(vma.start >> pt.pmd_shift, ((vma.end - 1) >> pt.pmd_shift) + 1):
+        s = pt.slots.get(idx)
+        if not isinstance(s, PteTable):
+            continue
+        base = idx << pt.pmd_shift
+        for i in sorted(s.ptes):
+            pte = s.ptes[i]
+            a = base + (i << pt.page_shift)
+            if pte.kind == PTE_PAGE and pte.folio is f and vma.start <= a < vma.end:
+                out.append((a, pte))
+    return out
+
+
+def try_to_migrate(k: Kernel, f: Folio, *, caller: str) -> bool:
+    """The unmap_folio() step of a folio split (freeze): every PMD mapping becomes PTEs."""
+    return try_to_unmap(k, f, caller=f"{caller}/try_to_migrate_one", memalloc=False)

@@ -5,11 +5,15 @@ bytes, MADV_DONTNEED and munmap discard, mremap moves contents, fork copies, MAD
 zero" until written). After every step the page-table model's contents must agree with it; a disagreement is a
 *data-contract violation*, named after the operation whose contract was broken (e.g. the lazy design's zap skip:
 "MADV_DONTNEED returned 0 but [A+4K, A+8K) still holds data").
+
+The contract of each syscall is a method here (``user_write``, ``madvise``, ``mremap``, ...), called by the
+engine's op handler after the syscall returned. Left out: file contents, partial-page contracts of reads
+(a read only digests what the model returns; it defines nothing).
 """
 
 from __future__ import annotations
 
-from thpsim.model.folio import ZERO, Content, content_is_zero
+from thpsim.model.folio import ZERO, Content, content_is_zero, content_write
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 
@@ -37,6 +41,41 @@ class Shadow:
         self.proc(name)[addr] = c
         self.maybe_zero.setdefault(name, set()).discard(addr)
         self.last_op.setdefault(name, {})[addr] = why
+
+    def user_write(self, name: str, pages: list[tuple[int, dict[int, int] | None, bool]], byte: int) -> None:
+        """A store of ``byte`` (at the offsets of each page, or the ``full`` page) was performed."""
+        for pg, offsets, full in pages:
+            old = self.proc(name).get(pg, (0, ()))
+            new = content_write(old, None if full else dict.fromkeys(offsets or {}, byte), byte if full else None)
+            self.write(name, pg, new, "write")
+
+    def madvise(self, name: str, advice: str, mapped: list[tuple[int, int]], *, hole_enomem: bool,
+                split_can_fail: bool) -> None:
+        """MADV_* returned 0 over ``mapped``, or ENOMEM for a hole (``hole_enomem``: the advice was still applied
+        to every mapped part). DONTNEED and GUARD_INSTALL discard; FREE makes pages "old data or zero". Under a
+        design whose splits can fail, an ENOMEM may also be a failed split: data or zero."""
+        why = f"MADV_{advice.upper()} returned {'ENOMEM (hole)' if hole_enomem else '0'}"
+        for lo, hi in mapped:
+            if advice in ("dontneed", "dontneed_locked", "guard_install"):
+                if not hole_enomem or not split_can_fail:
+                    self.discard(name, lo, hi, why)
+                else:
+                    self.lazyfree(name, lo, hi)
+            elif advice == "free":
+                self.lazyfree(name, lo, hi)
+
+    def mremap(self, name: str, old: int, old_len: int, new: int, new_len: int, *, dontunmap: bool) -> None:
+        """mremap succeeded: shrink, grow, or move the contents to ``new``."""
+        keep = min(old_len, new_len)
+        if new_len < old_len:
+            self.discard(name, old + new_len, old + old_len, "mremap shrink")
+        if new != old:
+            # MREMAP_FIXED (and DONTUNMAP) unmap whatever was at the destination first
+            self.discard(name, new, new + new_len, "mremap to a fixed destination")
+            self.move(name, old, new, keep)
+            self.discard(name, old, old + old_len, "MREMAP_DONTUNMAP" if dontunmap else "mremap")
+        if new_len > old_len:
+            self.discard(name, new + old_len, new + new_len, "mremap grow")
 
     def lazyfree(self, name: str, start: int, end: int) -> None:
         mz = self.maybe_zero.setdefault(name, set())

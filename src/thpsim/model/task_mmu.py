@@ -102,9 +102,10 @@ def pagemap_runs(k: Kernel, mm: MM, base: int) -> tuple[Run, ...]:
             if pk == PTE_PAGE:
                 kind = "pte_thp" if pte.folio is not None and pte.folio.large else "pte"
             else:
-                kind = simple.get(pk)
-                if kind is None:
+                simple_kind = simple.get(pk)
+                if simple_kind is None:
                     continue
+                kind = simple_kind
             pa = a + (i << pshift)
             if runs and runs[-1][1] == pa and runs[-1][2] == kind:
                 runs[-1][1] = pa + page

@@ -14,13 +14,12 @@ from thpsim.model import huge_memory, mprotect
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
 
-ENOMEM, EAGAIN, EINVAL, EEXIST, ENOENT = -12, -11, -22, -17, -2
+ENOMEM, EAGAIN, EINVAL, EEXIST, ENOENT, EBUSY = -12, -11, -22, -17, -2, -16
 
 
 def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int, int]:
-    """Returns (result, moved): result is 0, or a negative errno; moved is the byte count done."""
-    pt = mm.pt
-    p = k.pmd_size
+    """Returns (result, moved): result is 0, or a negative errno; moved is the byte count done. An error after
+    some bytes moved is -EAGAIN."""
     if src % k.page or dst % k.page or length % k.page:
         return EINVAL, 0
     if not mm.vmas.covered(src, src + length) or not mm.vmas.covered(dst, dst + length):
@@ -28,38 +27,58 @@ def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int,
     moved = 0
     while moved < length:
         s, d = src + moved, dst + moved
-        slot = pt.slot(s)
-        if isinstance(slot, HugePmd):
-            if s % p == 0 and d % p == 0 and length - moved >= p and pt.slot(d) is None:
-                if not k.pmd_alloc(mm, d):
-                    return (EAGAIN if moved else ENOMEM), moved
-                pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
-                if k.design.deposit:   # move_pages_huge_pmd always withdraws and re-deposits
-                    pt.withdraw(s)
-                    pt.pmd_tables[d >> pt.pud_shift].deposits += 1
-                moved += p
+        if isinstance(mm.pt.slot(s), HugePmd):
+            rc = _move_huge_pmd(k, mm, s, d, whole=length - moved >= k.pmd_size)
+            if rc < 0:
+                return (EAGAIN if moved else rc), moved
+            if rc:
+                moved += rc
                 continue
-            vma = mm.vmas.find(s)
-            assert vma is not None
-            if huge_memory.__split_huge_pmd(k, mm, vma, s, caller="move_pages") != 0:
-                return (EAGAIN if moved else ENOMEM), moved
-            slot = pt.slot(s)
-        pte = pt.get_pte(s)
-        if pte is not None and pte.kind == PTE_PAGE and pte.folio is not None and pte.folio.large:
-            if not huge_memory.split_folio(k, pte.folio, caller="move_pages"):
-                return (EAGAIN if moved else -16), moved
-            pte = pt.get_pte(s)
-        if pte is not None:
-            if pt.get_pte(d) is not None:
-                return (EAGAIN if moved else EEXIST), moved
-            if not k.pmd_alloc(mm, d) or not k.pte_alloc(mm, d):
-                return (EAGAIN if moved else ENOMEM), moved
-            table = pt.slot(s)
-            dt = pt.slot(d)
-            assert isinstance(table, PteTable) and isinstance(dt, PteTable)
-            dt.ptes[pt.pte_index(d)] = table.ptes.pop(pt.pte_index(s))
+        rc = _move_pte(k, mm, s, d)
+        if rc:
+            return (EAGAIN if moved else rc), moved
         moved += k.page
     return 0, moved
+
+
+def _move_huge_pmd(k: Kernel, mm: MM, s: int, d: int, *, whole: bool) -> int:
+    """move_pages_huge_pmd when both sides are PMD aligned, a whole PMD remains and the destination PMD is none
+    (returns the bytes moved); otherwise split_huge_pmd (returns 0: go on with PTEs). -ENOMEM on failure."""
+    pt = mm.pt
+    p = k.pmd_size
+    if s % p == 0 and d % p == 0 and whole and pt.slot(d) is None:
+        if not k.pmd_alloc(mm, d):
+            return ENOMEM
+        pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
+        huge_memory.move_deposited_table(k, mm, s, d)   # move_pages_huge_pmd: always
+        return p
+    vma = mm.vmas.find(s)
+    assert vma is not None
+    if huge_memory.__split_huge_pmd(k, mm, vma, s, caller="move_pages") != 0:
+        return ENOMEM
+    return 0
+
+
+def _move_pte(k: Kernel, mm: MM, s: int, d: int) -> int:
+    """move_pages_pte for one page: a PTE-mapped large folio is split first (-EBUSY if it cannot be); the
+    destination must be empty (-EEXIST). 0 or a negative errno."""
+    pt = mm.pt
+    pte = pt.get_pte(s)
+    if pte is not None and pte.kind == PTE_PAGE and pte.folio is not None and pte.folio.large:
+        if not huge_memory.split_folio(k, pte.folio, caller="move_pages"):
+            return EBUSY
+        pte = pt.get_pte(s)
+    if pte is None:
+        return 0
+    if pt.get_pte(d) is not None:
+        return EEXIST
+    if not k.pmd_alloc(mm, d) or not k.pte_alloc(mm, d):
+        return ENOMEM
+    table = pt.slot(s)
+    dt = pt.slot(d)
+    assert isinstance(table, PteTable) and isinstance(dt, PteTable)
+    dt.ptes[pt.pte_index(d)] = table.ptes.pop(pt.pte_index(s))
+    return 0
 
 
 def writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:

@@ -1,11 +1,5 @@
-"""Reclaim of anonymous folios (mm/vmscan.c shrink_folio_list) and the rmap unmap/migrate walks it and folio
-splits use (mm/rmap.c try_to_unmap_one / try_to_migrate_one with TTU_SPLIT_HUGE_PMD).
-
-Under the lazy design each rmap_one call (one per VMA mapping the folio) pre-allocates one PTE table
-(``pte_alloc_one@rmap_prealloc``, in PF_MEMALLOC context when called from reclaim); a PMD mapping met with no
-table ends the walk with ``ret = false`` and counts ``thp_split_pmd_failed``; tables used by earlier VMAs stay
-(series §5.5, Hugh Dickins' objection). The ``lazy-reclaim-pool`` variant takes the tables from a pool reserved
-in advance instead.
+"""Reclaim of anonymous folios (mm/vmscan.c shrink_folio_list), on top of the rmap unmap walk
+(``rmap.try_to_unmap``: under the lazy design a PMD split there can fail, and the folio is kept).
 
 Without swap, anonymous folios cannot be swapped: a THP is split (``thp_swpout_fallback``) and its pages kept;
 clean lazyfree folios are discarded (a PMD-mapped one without a split, freeing its deposit).
@@ -14,95 +8,11 @@ Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writebac
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from thpsim.model import huge_memory, rmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 from thpsim.model.vma import Vma
-
-
-def _take_table(k: Kernel, *, memalloc: bool) -> bool:
-    if k.design.rmap_tables == "reserve_pool" and k.reserve_pool > 0:
-        k.reserve_pool -= 1
-        return True
-    return k.pte_alloc_one("pte_alloc_one@rmap_prealloc", memalloc=memalloc)
-
-
-def _return_table(k: Kernel) -> None:
-    if k.design.rmap_tables == "reserve_pool" and k.reserve_pool < k.design.reserve_pool_size:
-        k.reserve_pool += 1
-    else:
-        k.pte_free()
-
-
-def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]]]:
-    """The rmap_one calls of an rmap walk: one per VMA mapping the folio, with that VMA's mappings."""
-    groups: dict[tuple[int, int], tuple[MM, Vma, list[tuple[int, str]]]] = {}
-    for mm, addr, kind in rmap.rmap_walk(k, f):
-        vma = mm.vmas.find(addr)
-        assert vma is not None
-        g = groups.get((id(mm), id(vma)))
-        if g is None:
-            g = groups[(id(mm), id(vma))] = (mm, vma, [])
-        g[2].append((addr, kind))
-    return list(groups.values())
-
-
-def _split_pmd_mappings(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
-                        per_vma: Callable[[MM, Vma], None] | None = None) -> bool:
-    """The rmap walk of try_to_unmap / try_to_migrate with TTU_SPLIT_HUGE_PMD (set for every PMD-order folio).
-
-    Under the lazy design each rmap_one call (one per VMA mapping the folio, PMD- or PTE-mapped) first
-    pre-allocates one PTE table (series §5.5); a failed pre-allocation is acted on only when the walk meets a
-    PMD mapping: then the walk ends with ``ret = false`` and ``thp_split_pmd_failed`` is counted. An unused
-    table is freed at the end of the call and never counted. ``per_vma`` is what the rmap_one call does to that
-    VMA's (now PTE) mappings after the split (try_to_unmap_one installs swap entries as it goes), so the VMAs
-    visited before a failure stay unmapped. Returns False if the walk bailed out.
-    """
-    lazy = not k.design.deposit
-    prealloc_needed = lazy and f.large and f.nr == k.nr
-    for mm, vma, maps in _rmap_vmas(k, f):
-        table = _take_table(k, memalloc=memalloc) if prealloc_needed else False
-        for addr, kind in maps:
-            if kind != "pmd":
-                continue
-            if lazy and not table:
-                k.vmstat.count("thp_split_pmd_failed")
-                k.log.failed_sites.append(caller)
-                return False
-            hp = mm.pt.slot(addr)
-            assert isinstance(hp, HugePmd)
-            huge_memory.__split_huge_pmd_locked(k, mm, vma, addr, hp, caller=caller)
-            table = False   # consumed by split_huge_pmd_locked
-        if table:
-            _return_table(k)   # not needed (PTE-mapped here): freed at exit, never counted
-        if per_vma is not None:
-            per_vma(mm, vma)
-    return True
-
-
-def _vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
-    """The PTEs of ``vma`` that map folio ``f``: (address, pte), in address order."""
-    pt = mm.pt
-    out: list[tuple[int, Pte]] = []
-    for idx in range(vma.start >> pt.pmd_shift, ((vma.end - 1) >> pt.pmd_shift) + 1):
-        s = pt.slots.get(idx)
-        if not isinstance(s, PteTable):
-            continue
-        base = idx << pt.pmd_shift
-        for i in sorted(s.ptes):
-            pte = s.ptes[i]
-            a = base + (i << pt.page_shift)
-            if pte.kind == PTE_PAGE and pte.folio is f and vma.start <= a < vma.end:
-                out.append((a, pte))
-    return out
-
-
-def try_to_migrate(k: Kernel, f: Folio, *, caller: str) -> bool:
-    """The unmap_folio() step of a folio split (freeze): every PMD mapping becomes PTEs."""
-    return _split_pmd_mappings(k, f, caller=f"{caller}/try_to_migrate_one", memalloc=False)
 
 
 def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "shrink_folio_list") -> str:
@@ -145,7 +55,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     def swap_out_vma(mm: MM, vma: Vma) -> None:
         # try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry
         idxs = []
-        for _addr, pte in _vma_ptes_of(mm, vma, f):
+        for _addr, pte in rmap.vma_ptes_of(mm, vma, f):
             swapped = Folio(0, 0, 1)
             swapped.default = f.content(pte.idx)
             idxs.append(pte.idx)
@@ -159,7 +69,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
             rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
 
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
-    if not _split_pmd_mappings(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc, per_vma=swap_out_vma):
+    if not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc, per_vma=swap_out_vma):
         return "kept"   # folio_mapped() after try_to_unmap: kept (VMAs visited before the failure stay swapped)
     if f.large:
         k.vmstat.count("thp_swpout")
@@ -186,14 +96,15 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
     if dirty:
         f.swapbacked = True   # re-dirtied after MADV_FREE: becomes normal anon again
         return "kept"
-    if f.large and not _split_pmd_mappings(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
+    if f.large and not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
         return "kept"
     # batched unmap of a lazyfree large folio (folio_unmap_pte_batch): one rmap removal per mm
     per_mm: dict[str, tuple[MM, list[int]]] = {}
     for mm, addr, _kind in rmap.rmap_walk(k, f):
         table = mm.pt.slot(addr)
-        pte: Pte = table.ptes.pop(mm.pt.pte_index(addr))  # type: ignore[union-attr]
-        per_mm.setdefault(mm.name, (mm, []))[1].append(pte.idx)
+        assert isinstance(table, PteTable)
+        gone = table.ptes.pop(mm.pt.pte_index(addr))
+        per_mm.setdefault(mm.name, (mm, []))[1].append(gone.idx)
     for mm, idxs in per_mm.values():
         rmap.folio_remove_rmap_ptes(k, mm, f, idxs)
     return "discarded"
