@@ -30,7 +30,9 @@ def test_registry_names_the_16k_image():
     k = kernels.get_kernel("arm64-16k")
     assert (k.kind, k.arch, k.page_size_kb, k.suite) == ("image", "arm64", 16, "trixie-backports")
     assert k.package == "linux-binary-unsigned-7.3.4+deb13-arm64-16k"
-    assert all(s.arch == "x86_64" for s in kernels.KERNELS.values() if s.name != "arm64-16k")
+    k4 = kernels.get_kernel("arm64-4k")
+    assert (k4.arch, k4.page_size_kb, k4.package) == ("arm64", 4, "linux-binary-unsigned-7.3.4+deb13-arm64")
+    assert all(s.arch == "x86_64" for s in kernels.KERNELS.values() if not s.name.startswith("arm64-"))
 
 
 def test_arm64_init_adds_only_the_read_only_checkout_share():

@@ -51,8 +51,8 @@ def _trace(name: str, ops: list[dict[str, Any]], kernel: dict[str, Any] | None =
     return parse("\n".join(json.dumps(o) for o in [hdr, *ops]), source=name)
 
 
-THP = [{"op": "mmap", "id": "a", "len": "2M"}, {"op": "madvise", "id": "a", "advice": "hugepage"},
-       {"op": "write", "id": "a", "fill": True, "byte": 0xDD}]
+THP: list[dict[str, Any]] = [{"op": "mmap", "id": "a", "len": "2M"}, {"op": "madvise", "id": "a", "advice": "hugepage"},
+                              {"op": "write", "id": "a", "fill": True, "byte": 0xDD}]
 
 
 def zap_skip_trace() -> Trace:
@@ -70,7 +70,8 @@ def hugh_trace(n: int) -> Trace:
     """One anon THP mapped by ``n`` processes (main + n−1 forked children), then reclaimed with swap."""
     if n < 1:
         raise ValueError("hugh-reclaim needs at least one process")
-    ops = [*THP] + [{"op": "fork", "child": f"c{i}"} for i in range(1, n)] + [{"op": "reclaim", "id": "a"}]
+    ops: list[dict[str, Any]] = [*THP, *({"op": "fork", "child": f"c{i}"} for i in range(1, n)),
+                                 {"op": "reclaim", "id": "a"}]
     return _trace(f"review-hugh-reclaim-{n}", ops, kernel={"swap": True})
 
 
