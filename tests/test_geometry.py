@@ -91,3 +91,28 @@ def test_the_arena_grows_with_the_pmd() -> None:
     # layout-fresh-gib-tables maps a region at "511G": on 16K pages it sits at 8176 GiB, inside the mapped arena
     assert arena_size(TRACE_GEOMETRY) == 512 << 30
     assert arena_size(G16) == 8 << 40 and map_offset(511 << 30, G16) + 32 * M <= arena_size(G16)
+
+
+def test_arm64_contpte_fold_boundary_queues_a_deferred_split() -> None:
+    """arm64-16k, one 32M THP = 2048 PTEs = 16 contpte blocks of 128 after the split::
+
+        mprotect page 0 r and back:  [blk0 unfolded][blk1 folded] ... [blk15 folded]
+        MADV_DONTNEED of all 2048:   batch 1 = blk0 (folio partially mapped: deferred split +1), batch 2 = rest
+
+    x86-64 has no contpte: one batch, no deferred split (both measured: docs/findings.md L12)."""
+    t = parse('{"op": "mmap", "id": "a", "len": "2M"}\n{"op": "madvise", "id": "a", "advice": "hugepage"}\n'
+              '{"op": "write", "id": "a", "fill": true}\n'
+              '{"op": "mprotect", "id": "a", "len": "4K", "prot": "r"}\n'
+              '{"op": "mprotect", "id": "a", "len": "4K", "prot": "rw"}\n'
+              '{"op": "madvise", "id": "a", "advice": "dontneed"}')
+    arm = run_model(map_trace(t, G16), arch="arm64-16k", check=True).steps[-1]
+    x86 = run_model(t, check=True).steps[-1]
+    assert (arm.counter("thp_deferred_split_page"), x86.counter("thp_deferred_split_page")) == (1, 0)
+    # mprotect of the last page of a block and back refolds it (contpte_try_fold on the block's last entry)
+    t2 = parse('{"op": "mmap", "id": "a", "len": "2M"}\n{"op": "madvise", "id": "a", '
+               '"advice": "hugepage"}\n{"op": "write", "id": "a", "fill": true}\n'
+               '{"op": "mprotect", "id": "a", "off": "2M-4K", "len": "4K", "prot": "r"}\n'
+               '{"op": "mprotect", "id": "a", "off": "2M-4K", "len": "4K", "prot": "rw"}\n'
+               '{"op": "madvise", "id": "a", "advice": "dontneed"}')
+    assert run_model(map_trace(t2, G16), arch="arm64-16k", check=True).steps[-1].counter(
+        "thp_deferred_split_page") == 0

@@ -26,6 +26,7 @@ class Arch:
     needs_pgtable_deposit: bool = False   # arch_needs_pgtable_deposit()
     pagetable_page_bytes: int = 4096      # NR_PAGETABLE unit for one PTE table (whole pages)
     validated_live: bool = False
+    cont_ptes: int = 0                    # arm64 CONT_PTES (contpte blocks; 0: no contiguous-PTE folding)
 
     @property
     def pmd_nr_pagetable_bytes(self) -> int:
@@ -60,10 +61,12 @@ ARCHES: dict[str, Arch] = {
     for a in (
         # name, page, PTRS_PER_PTE, PTE/PMD/PUD table bytes counted, PTRS_PER_PMD, PTRS_PER_PUD
         Arch("x86_64", 4096, 512, 4096, 4096, 4096, 512, 512, validated_live=True),
-        Arch("arm64-4k", 4096, 512, 4096, 4096, 4096, 512, 512),
-        Arch("arm64-16k", 16384, 2048, 16384, 16384, 16384, 2048, 2048, pagetable_page_bytes=16384),
+        # arm64: CONT_PTES 16 / 128 / 32 (a 64 KiB / 2 MiB / 2 MiB contiguous block), arch/arm64 contpte
+        Arch("arm64-4k", 4096, 512, 4096, 4096, 4096, 512, 512, cont_ptes=16),
+        Arch("arm64-16k", 16384, 2048, 16384, 16384, 16384, 2048, 2048, pagetable_page_bytes=16384,
+             cont_ptes=128),
         # 64K granule, 48-bit VA: three levels, the PUD is folded (mm_inc_nr_puds adds nothing)
-        Arch("arm64-64k", 65536, 8192, 65536, 65536, 0, 8192, 64, pagetable_page_bytes=65536),
+        Arch("arm64-64k", 65536, 8192, 65536, 65536, 0, 8192, 64, pagetable_page_bytes=65536, cont_ptes=32),
         # book3s64 hash, 64K pages: H_PTE_INDEX_SIZE 8 (2 KiB PTE fragments), 16 MiB PMD THPs,
         # H_PMD_INDEX_SIZE/H_PUD_INDEX_SIZE 10; the deposit is required (arch_needs_pgtable_deposit)
         Arch("ppc64-hash", 65536, 256, 2048, 8192, 8192, 1024, 1024, needs_pgtable_deposit=True,

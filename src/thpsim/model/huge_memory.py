@@ -23,7 +23,7 @@ from __future__ import annotations
 from thpsim.model import rmap
 from thpsim.model.folio import Folio, content_is_zero
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable, contpte_fold_all
 from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
 
 ENOMEM = -12
@@ -247,6 +247,7 @@ def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd
         f.dirty = True
     for i in range(k.nr):
         ptes[i] = Pte(PTE_PAGE, f, i, write=hp.write, dirty=hp.dirty)
+    contpte_fold_all(table, k.nr, k.arch.cont_ptes)          # one set_ptes() of the whole folio
     rmap.folio_add_anon_rmap_ptes(k, mm, f, range(k.nr), count_rss=False)
     rmap.folio_remove_rmap_pmd(k, mm, f, count_rss=False)
     return table

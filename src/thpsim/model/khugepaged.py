@@ -19,7 +19,7 @@ from __future__ import annotations
 from thpsim.model import huge_memory, rmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable, contpte_batches
 from thpsim.model.vma import Vma
 
 EINVAL, ENOMEM, EAGAIN, EBUSY = -22, -12, -11, -16
@@ -108,10 +108,12 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
         old = pte.folio
         assert old is not None
         f.set_content(i, old.content(pte.idx))
-        by_folio.setdefault(id(old), (old, []))[1].append(pte.idx)
-    # __collapse_huge_page_copy_succeeded: release the old pages (RSS moves to the new folio)
-    for old, idxs in by_folio.values():
-        rmap.folio_remove_rmap_ptes(k, mm, old, idxs)
+        by_folio.setdefault(id(old), (old, []))[1].append(i)
+    # __collapse_huge_page_copy_succeeded: release the old pages (RSS moves to the new folio), one
+    # folio_pte_batch() at a time (on arm64 a batch stops at a contpte fold boundary: pgtable.contpte_batches)
+    for old, where in by_folio.values():
+        for run in contpte_batches(table, where, k.arch.cont_ptes):
+            rmap.folio_remove_rmap_ptes(k, mm, old, [table.ptes[i].idx for i in run])
     table.ptes.clear()
     del pt.slots[haddr >> pt.pmd_shift]
     pt.nr_ptes -= 1   # the old table leaves the tree ...

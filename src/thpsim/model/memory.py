@@ -15,7 +15,16 @@ from thpsim.model import huge_memory, rmap
 from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio, content_byte, content_write
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import (
+    PTE_GUARD,
+    PTE_PAGE,
+    PTE_SWAP,
+    PTE_ZERO,
+    HugePmd,
+    Pte,
+    PteTable,
+    contpte_unfold_partial,
+)
 from thpsim.model.vma import VM_LOCKED, Vma
 
 
@@ -472,6 +481,8 @@ def zap_pte_range(k: Kernel, mm: MM, table: PteTable, start: int, end: int, *, r
         batch.clear()
 
     last_idx = -2
+    cont = k.arch.cont_ptes if table.cont else 0    # arm64: a batch never crosses a fold-state change
+    last_folded = False
     for i in range(first, first + n):
         pte = ptes.get(i)
         if pte is None:
@@ -482,14 +493,16 @@ def zap_pte_range(k: Kernel, mm: MM, table: PteTable, start: int, end: int, *, r
         del ptes[i]
         if pte.kind == PTE_PAGE:
             f = pte.folio
-            if f is not batch_folio or pte.idx != last_idx + 1:
+            folded = bool(cont) and (i // cont) in table.cont
+            if f is not batch_folio or pte.idx != last_idx + 1 or folded != last_folded:
                 flush()
                 batch_folio = f
             batch.append(pte.idx)
-            last_idx = pte.idx
+            last_idx, last_folded = pte.idx, folded
         elif pte.kind == PTE_SWAP:
             mm.swap_ents -= 1
     flush()
+    contpte_unfold_partial(table, first, first + n, cont)
     if (reclaim_pt and k.knobs.pt_reclaim and end - start >= k.pmd_size and not any_skipped and not ptes):
         k.free_pte_table(mm, start)
 

@@ -19,7 +19,7 @@ from thpsim.model import huge_memory, rmap
 from thpsim.model.design import ChangeProtSplitFailure
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, contpte_fold_after_change, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
@@ -103,6 +103,7 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                 f = pte.folio
                 pte.write = not uffd_wp and writable and f is not None and (
                     f.anon_exclusive if not f.large else _exclusive(k, mm, f))
+            contpte_fold_after_change(s, first, first + ((nxt - addr) >> pt.page_shift), k.arch.cont_ptes)
     return 0
 
 
