@@ -34,6 +34,14 @@ def mount(src: str, target: str, fstype: str, flags: int = 0, data: str = "") ->
         raise OSError(e, f"mount {fstype} on {target}: {os.strerror(e)}")
 
 
+PR_SET_THP_DISABLE = 41
+
+
+def thp_disable() -> None:
+    """prctl(PR_SET_THP_DISABLE, 1): no THP for this process and its descendants (inherited across fork)."""
+    libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
+
+
 def ports() -> dict[str, str]:
     out = {}
     base = "/sys/class/virtio-ports"
@@ -97,8 +105,11 @@ def main() -> int:
         env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         env.setdefault("HOME", "/root")
         os.write(status, b"start %.3f\n" % time.clock_gettime(time.CLOCK_BOOTTIME))
+        # a live run: no THP (and so no khugepaged collapse) in thpsim's own processes, which would move the
+        # guest's thp_* counters; the trace child clears it again (thpsim.live._child.main)
+        quiet = env.get("THPSIM_THP_DISABLE") == "1"
         proc = subprocess.Popen(job["argv"], cwd=job.get("cwd") or "/", env=env, stdin=subprocess.DEVNULL,
-                                stdout=out, stderr=err)
+                                stdout=out, stderr=err, preexec_fn=thp_disable if quiet else None)
         rc = proc.wait()
         if rc < 0:
             rc = 128 - rc

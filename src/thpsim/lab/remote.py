@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, BinaryIO
 
 from thpsim.errors import ThpsimError
@@ -112,7 +112,9 @@ def observe(paths: Sequence[str], *, kernel: str | None = None, guest: Any = Non
     out = io.BytesIO()
     stopped: str | None = None
     try:
-        res = run_in_guest(kernel, ["thpsim", "live", "--jsonl", *paths], guest or GuestConfig(), stdout=out,
+        cfg = guest or GuestConfig()
+        cfg = replace(cfg, env=(*cfg.env, ("THPSIM_THP_DISABLE", "1")))
+        res = run_in_guest(kernel, ["thpsim", "live", "--jsonl", *paths], cfg, stdout=out,
                            stderr=stderr)
         if res.returncode not in (0, 1):
             stopped = f"thpsim live inside {kernel} exited {res.returncode} (console log: {res.console_log})"

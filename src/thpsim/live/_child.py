@@ -288,6 +288,8 @@ class Proc:
 
 def main(argv: list[str]) -> None:
     gc.disable()
+    if os.environ.get("THPSIM_THP_DISABLE") == "1":   # a lab guest disabled THP for thpsim's own processes:
+        S.libc().prctl(41, 0, 0, 0, 0)                # PR_SET_THP_DISABLE 0 — the trace's processes get THPs
     if len(argv) > 1:
         lim = int(argv[1])
         if lim > 0:
