@@ -31,7 +31,12 @@ THP_DIR = "/sys/kernel/mm/transparent_hugepage"
 CONFIG_OPTIONS = ("CONFIG_PT_RECLAIM", "CONFIG_PERSISTENT_HUGE_ZERO_FOLIO", "CONFIG_PGTABLE_LEVELS",
                   "CONFIG_THP_SWAP", "CONFIG_NO_PAGE_MAPCOUNT", "CONFIG_TRANSPARENT_HUGEPAGE")
 PMD_SIZE_KB = S.PMD_SIZE // 1024
-LIVE_MACHINES = ("x86_64", "aarch64")     # where the live runner's syscall numbers and arena layout are known
+LIVE_MACHINES = ("x86_64", "aarch64")
+# Behaviour the model follows per release, measured on both sides: 6.12 (debian-6.12 lab guest) behaves the old
+# way, 6.18 (this host) and 7.3.4 (lab guests) the new way; which release in between changed is not measured,
+# so 6.13-6.17 are treated like 6.12 and say so in LiveEnv.notes (docs/findings.md L13).
+NEW_BEHAVIOUR_MEASURED = "6.18"
+OLD_BEHAVIOUR_MEASURED = "6.12"     # where the live runner's syscall numbers and arena layout are known
 
 
 def _read(path: str) -> str | None:
@@ -181,7 +186,15 @@ class LiveEnv:
             no_page_mapcount=self.cfg_bool("CONFIG_NO_PAGE_MAPCOUNT", False),
             madv_guard=self.guard_ops,
             collapse_small_einval=self.collapse_small_einval,
+            collapse_needs_writable=self.old_behaviour,
+            huge_zero_wp_thp=not self.old_behaviour,
+            pte_batch_unmap=not self.old_behaviour,
         )
+
+    @property
+    def old_behaviour(self) -> bool:
+        """6.12's collapse, huge-zero write fault and unmap batching (see NEW_BEHAVIOUR_MEASURED)."""
+        return F.lacks(self.kernel_release, NEW_BEHAVIOUR_MEASURED)
 
 
 def feature_notes(release: str, pm: PagemapFeatures, *, kpageflags: bool = True,
@@ -213,6 +226,10 @@ def feature_notes(release: str, pm: PagemapFeatures, *, kpageflags: bool = True,
     if config_source is None:
         out.append(f"the config of {k} is unknown (no /proc/config.gz, no /boot/config-{release}): the model knobs "
                    "use their defaults for " + ", ".join(o for o in CONFIG_OPTIONS if o != "CONFIG_PGTABLE_LEVELS"))
+    if F.lacks(release, NEW_BEHAVIOUR_MEASURED) and not F.lacks(release, "6.13"):
+        out.append(f"{k}: the model follows 6.12 for MADV_COLLAPSE's writable rule, the huge-zero write fault and "
+                   f"PTE-batched unmapping (measured on {OLD_BEHAVIOUR_MEASURED} and {NEW_BEHAVIOUR_MEASURED}; "
+                   "releases in between are not)")
     missing = [m for m in vmstat_missing if m != "thp_split_pmd_failed"]   # that one marks the lazy-PTE series
     if missing:
         out.append(f"/proc/vmstat of {k} has no {', '.join(missing)}: their deltas read 0")

@@ -172,7 +172,9 @@ def _map_new_thp(k: Kernel, mm: MM, vma: Vma, haddr: int, f: Folio, *, site: str
 def do_huge_pmd_wp_page(k: Kernel, mm: MM, vma: Vma, addr: int, hp: HugePmd) -> int:
     """Write fault on a write-protected huge PMD: reuse, a new THP for the huge zero page, or split + fallback."""
     haddr = addr & ~(k.pmd_size - 1)
-    if hp.is_zero:
+    if hp.is_zero and not k.knobs.huge_zero_wp_thp:
+        pass            # 6.12: no do_huge_zero_wp_pmd — split the zero PMD, the PTE fault COWs one 4K page
+    elif hp.is_zero:
         f = k.folio_alloc("folio@thp_fault", k.nr.bit_length() - 1)
         if f is not None:
             # do_huge_zero_wp_pmd: the zero PMD's deposit (if any) is reused, no new table

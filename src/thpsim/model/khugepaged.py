@@ -81,10 +81,10 @@ def scan_pmd(k: Kernel, mm: MM, vma: Vma, haddr: int, *, is_khugepaged: bool) ->
     if not present:
         # measured on 6.18: MADV_COLLAPSE of a range holding only none/zero-page PTEs fails (EINVAL)
         return SCAN_PAGE_RO
-    if is_khugepaged and not writable and k.knobs.collapse_needs_writable:
-        # kernels before the mTHP-collapse rework: khugepaged wants one writable PTE. 7.3.4's
-        # hpage_collapse_scan_pmd has no such check (SCAN_PAGE_RO is gone): measured in the lab guests, where a
-        # read-only range and a range write-protected by fork both collapse (docs/findings.md L11)
+    if not writable and k.knobs.collapse_needs_writable:
+        # 6.12's hpage_collapse_scan_pmd wants one writable PTE, for khugepaged and MADV_COLLAPSE alike
+        # (debian-6.12 guest: EINVAL for read-only data); 6.18 and 7.3.4 have no such check: a read-only range
+        # and a range write-protected by fork both collapse (docs/findings.md L11, L13)
         return SCAN_PAGE_RO
     return SCAN_SUCCEED
 
@@ -112,7 +112,9 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
     # __collapse_huge_page_copy_succeeded: release the old pages (RSS moves to the new folio), one
     # folio_pte_batch() at a time (on arm64 a batch stops at a contpte fold boundary: pgtable.contpte_batches)
     for old, where in by_folio.values():
-        for run in contpte_batches(table, where, k.arch.cont_ptes):
+        runs = contpte_batches(table, where, k.arch.cont_ptes) if k.knobs.pte_batch_unmap else \
+            [[i] for i in where]         # 6.12: folio_remove_rmap_pte() one page at a time
+        for run in runs:
             rmap.folio_remove_rmap_ptes(k, mm, old, [table.ptes[i].idx for i in run])
     table.ptes.clear()
     del pt.slots[haddr >> pt.pmd_shift]

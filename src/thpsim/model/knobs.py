@@ -35,7 +35,11 @@ class Knobs:
     no_page_mapcount: bool = False
     madv_guard: bool = True             # MADV_GUARD_INSTALL/REMOVE exist (6.13+); EINVAL before
     collapse_small_einval: bool = True  # MADV_COLLAPSE with no whole PMD in range: EINVAL (6.18), 0 (7.3.4)
-    collapse_needs_writable: bool = False  # khugepaged skips a range with no writable PTE (SCAN_PAGE_RO; not 7.3.4)
+    # behaviour that changed between 6.12 (measured in the debian-6.12 guest) and 6.18/7.3.4 (host, lab guests):
+    collapse_needs_writable: bool = False  # collapse needs one writable PTE (SCAN_PAGE_RO → EINVAL): 6.12
+    huge_zero_wp_thp: bool = True          # a write to the huge zero PMD allocates a THP (6.12: split + 4K COW)
+    pte_batch_unmap: bool = True           # collapse / lazyfree discard unmap a large folio in PTE batches
+                                           # (6.12: one PTE at a time, so the folio is queued for deferred split)
 
     def __post_init__(self) -> None:
         if self.thp_enabled not in THP_MODES:

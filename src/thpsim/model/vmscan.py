@@ -106,7 +106,12 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
         gone = table.ptes.pop(mm.pt.pte_index(addr))
         per_mm.setdefault(mm.name, (mm, []))[1].append(gone.idx)
     for mm, idxs in per_mm.values():
-        rmap.folio_remove_rmap_ptes(k, mm, f, idxs)
+        if k.knobs.pte_batch_unmap:
+            rmap.folio_remove_rmap_ptes(k, mm, f, idxs)
+        else:   # 6.12: one PTE at a time (the first alone leaves the folio partially mapped: deferred split)
+            rmap.folio_remove_rmap_ptes(k, mm, f, idxs[:1])
+            if idxs[1:]:
+                rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
     return "discarded"
 
 
