@@ -36,6 +36,7 @@ LIVE_MACHINES = ("x86_64", "aarch64")
 # way, 6.18 (this host) and 7.3.4 (lab guests) the new way; which release in between changed is not measured,
 # so 6.13-6.17 are treated like 6.12 and say so in LiveEnv.notes (docs/findings.md L13).
 NEW_BEHAVIOUR_MEASURED = "6.18"
+PR_SET_THP_DISABLE, PR_GET_THP_DISABLE = 41, 42
 OLD_BEHAVIOUR_MEASURED = "6.12"     # where the live runner's syscall numbers and arena layout are known
 
 
@@ -348,15 +349,24 @@ def probe_collapse_small_range() -> str | None:
     import ctypes
 
     size, page = 2 * S.PMD_SIZE, S.PAGE_SIZE
-    addr, err = S.mmap(0, size, S.PROT_READ | S.PROT_WRITE, S.MAP_PRIVATE | S.MAP_ANONYMOUS)
-    if err:
-        return None
+    # a lab guest runs thpsim's own processes with PR_SET_THP_DISABLE (thpsim.lab.guest_init): MADV_COLLAPSE
+    # would be EINVAL for that reason alone, so the probe lifts it for its duration, as the trace child does
+    libc = S.libc()
+    disabled = libc.prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0) == 1
+    if disabled:
+        libc.prctl(PR_SET_THP_DISABLE, 0, 0, 0, 0)
     try:
-        ctypes.memset(addr, 1, page)      # an anon_vma: without one both kernels say EINVAL
-        _, err = S.madvise(addr + page, page, S.MADV["collapse"])
-        return err
+        addr, err = S.mmap(0, size, S.PROT_READ | S.PROT_WRITE, S.MAP_PRIVATE | S.MAP_ANONYMOUS)
+        if err:
+            return None
+        try:
+            ctypes.memset(addr, 1, page)      # an anon_vma: without one both kernels say EINVAL
+            return S.madvise(addr + page, page, S.MADV["collapse"])[1]
+        finally:
+            S.munmap(addr, size)
     finally:
-        S.munmap(addr, size)
+        if disabled:
+            libc.prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0)
 
 
 def skip_reason(env: LiveEnv | None = None) -> str | None:
