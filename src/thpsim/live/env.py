@@ -227,14 +227,19 @@ def feature_notes(release: str, pm: PagemapFeatures, *, kpageflags: bool = True,
     if config_source is None:
         out.append(f"the config of {k} is unknown (no /proc/config.gz, no /boot/config-{release}): the model knobs "
                    "use their defaults for " + ", ".join(o for o in CONFIG_OPTIONS if o != "CONFIG_PGTABLE_LEVELS"))
-    if F.lacks(release, NEW_BEHAVIOUR_MEASURED) and not F.lacks(release, "6.13"):
-        out.append(f"{k}: the model follows 6.12 for MADV_COLLAPSE's writable rule, the huge-zero write fault and "
-                   f"PTE-batched unmapping (measured on {OLD_BEHAVIOUR_MEASURED} and {NEW_BEHAVIOUR_MEASURED}; "
-                   "releases in between are not)")
     missing = [m for m in vmstat_missing if m != "thp_split_pmd_failed"]   # that one marks the lazy-PTE series
     if missing:
         out.append(f"/proc/vmstat of {k} has no {', '.join(missing)}: their deltas read 0")
     return tuple(out)
+
+
+def behaviour_notes(release: str) -> tuple[str, ...]:
+    """A note where the model's per-release behaviour (LiveEnv.old_behaviour) is a guess, not a measurement."""
+    if F.lacks(release, NEW_BEHAVIOUR_MEASURED) and not F.lacks(release, "6.13"):
+        return (f"kernel {release}: the model follows 6.12 for the collapse writable rule, the huge-zero write "
+                f"fault and PTE-batched unmapping (measured on {OLD_BEHAVIOUR_MEASURED} and "
+                f"{NEW_BEHAVIOUR_MEASURED}; releases in between are not)",)
+    return ()
 
 
 def op_notes(kind: str, advice: str | None, result: object, pm: PagemapFeatures,
@@ -334,7 +339,8 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
         kpageflags=kpf,
         config_source=config_source,
         vmstat_missing=vm_missing,
-        notes=feature_notes(release, pm, kpageflags=kpf, config_source=config_source, vmstat_missing=vm_missing),
+        notes=feature_notes(release, pm, kpageflags=kpf, config_source=config_source, vmstat_missing=vm_missing)
+        + behaviour_notes(release),
         collapse_small_einval=probe_collapse_small_range() == "EINVAL",
         page_size=S.PAGE_SIZE,
         pmd_size=S.PMD_SIZE,
