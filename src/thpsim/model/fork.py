@@ -14,13 +14,12 @@ Left out: uffd-wp, KSM, device-private entries, PMD migration entries.
 from __future__ import annotations
 
 from thpsim.model import rmap
+from thpsim.model.errnos import ENOMEM
 from thpsim.model.exit import exit_mmap
 from thpsim.model.huge_memory import copy_huge_pmd
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
 from thpsim.model.vma import VM_DONTCOPY, VM_LOCKED, VM_LOCKONFAULT, VM_WIPEONFORK, Vma
-
-ENOMEM = -12
 
 
 def do_fork(k: Kernel, parent: MM, child_name: str) -> int:

@@ -11,12 +11,11 @@ Left out: GUP-fast, FOLL_LONGTERM migration out of movable zones, unsharing of R
 from __future__ import annotations
 
 from thpsim.model import huge_memory, memory
+from thpsim.model.errnos import EFAULT, ENOMEM
 from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd
 from thpsim.model.rmap import _maybe_free
 from thpsim.model.vma import VM_LOCKONFAULT, VM_READ, VM_WRITE
-
-ENOMEM, EFAULT = -12, -14
 
 
 def mm_populate(k: Kernel, mm: MM, start: int, end: int) -> int:

@@ -17,12 +17,11 @@ touched, so it holds), file/shmem collapse, swap-in during collapse, mTHP collap
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.errnos import EAGAIN, EBUSY, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable, contpte_batches
 from thpsim.model.vma import Vma
-
-EINVAL, ENOMEM, EAGAIN, EBUSY = -22, -12, -11, -16
 
 SCAN_SUCCEED = "succeed"
 SCAN_PMD_MAPPED = "pmd_mapped"

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
+from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable, pmd_ranges
@@ -30,8 +31,6 @@ from thpsim.model.vma import (
     Vma,
 )
 from thpsim.model.vma_modify import vma_modify_flags
-
-EINVAL, ENOMEM, EFAULT, EAGAIN, EBUSY = -22, -12, -14, -11, -16
 
 _FLAG_ADVICE: dict[str, tuple[int, int]] = {   # advice -> (set, clear)
     "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),

@@ -10,13 +10,12 @@ Left out: RLIMIT_MEMLOCK (root), the mlock LRU (folios are only marked mlocked),
 
 from __future__ import annotations
 
+from thpsim.model.errnos import ENOMEM
 from thpsim.model.gup import mm_populate
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, VM_LOCKONFAULT
 from thpsim.model.vma_modify import vma_modify_flags
-
-EINVAL, ENOMEM = -22, -12
 
 
 def _page_range(k: Kernel, start: int, length: int) -> tuple[int, int]:

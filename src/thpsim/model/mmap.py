@@ -13,11 +13,10 @@ Left out: file mappings, get_unmapped_area (the trace places every mapping), VM_
 from __future__ import annotations
 
 from thpsim.model import gup, memory
+from thpsim.model.errnos import EEXIST, EINVAL
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.vma import VM_LOCKED, VM_NORESERVE, Vma, prot_to_flags
 from thpsim.model.vma_modify import split_range
-
-EINVAL, ENOMEM, EEXIST = -22, -12, -17
 
 
 def do_munmap(k: Kernel, mm: MM, start: int, length: int) -> int:

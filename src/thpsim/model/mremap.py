@@ -17,13 +17,12 @@ Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd
 from __future__ import annotations
 
 from thpsim.model import gup, huge_memory
+from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.mmap import do_munmap, unmap_region
 from thpsim.model.pgtable import HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, Vma
 from thpsim.model.vma_modify import split_range
-
-EINVAL, ENOMEM, EFAULT = -22, -12, -14
 
 
 def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: tuple[str, ...],

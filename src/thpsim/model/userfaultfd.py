@@ -11,10 +11,9 @@ Left out: registration (every VMA counts as registered), the huge zero page sour
 from __future__ import annotations
 
 from thpsim.model import huge_memory, mprotect
+from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
-
-ENOMEM, EAGAIN, EINVAL, EEXIST, ENOENT, EBUSY = -12, -11, -22, -17, -2, -16
 
 
 def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int, int]:
