@@ -128,12 +128,9 @@ def _run_point_checkpoint(args: tuple[Trace, bytes, tuple[Any, ...], Point]) -> 
     trace, snap, baseline, point = args
     sim: Simulator = pickle.loads(snap)
     alloc = sim.k.alloc
-    alloc.policy = _policy(point)
-    if hasattr(alloc, "_inactive"):          # the allocator's no-injection fast path flag
-        alloc._inactive = not alloc.policy.active
     # fail_nth counts the allocations matching the filter (all of them without one) up to the snapshot
     f = point.site_filter
-    alloc.counted = sum(1 for r in alloc.log if f is None or r.site.startswith(f))
+    alloc.set_policy(_policy(point), counted=sum(1 for r in alloc.log if f is None or r.site.startswith(f)))
     return _replay(sim, trace, point.step, baseline, point, list(baseline[:point.step]))
 
 

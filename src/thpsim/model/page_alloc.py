@@ -133,6 +133,13 @@ class PageAllocator:
         self.armed_left = 0
         self.armed_failed: list[str] = []
 
+    def set_policy(self, policy: FailPolicy, *, counted: int) -> None:
+        """Replace the failure policy mid-run (a campaign resuming from a checkpoint): ``counted`` allocations
+        have already matched the new policy's filter, as if it had been in force from the start."""
+        self.policy = policy
+        self.counted = counted
+        self._inactive = not policy.active and self.armed is None
+
     def arm(self, point: InjectPoint, times: int) -> None:
         """Fail the next ``times`` allocations at ``point``'s sites (an op's ``inject``) until disarm()."""
         self.armed, self.armed_left, self.armed_failed = point, times, []
