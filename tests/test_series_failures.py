@@ -517,3 +517,20 @@ def test_guard_install_rezaps_then_restarts_like_7_3():
     always = _replace(t, ops=(*ops[:3], _replace(ops[3], inject=Inject("pte_alloc_one", 1 << 20)), ops[4]))
     s = run_model(always, design="lazy", max_retries=10).steps
     assert s[3].result == "LIVELOCK" and len(s[3].injected) == 30     # 10 restarts x 3 zaps
+
+
+def test_issue9_item4_gup_does_not_retry_a_fault_oom() -> None:
+    """faultin_page() turns VM_FAULT_OOM into -ENOMEM at once (mm/gup.c): MADV_POPULATE_WRITE is ENOMEM, mlock's
+    populate EAGAIN (__mlock_posix_error_return), each after one failed allocation — no retry loop."""
+    from thpsim.model.engine import run_model
+    from thpsim.model.page_alloc import FailPolicy
+    from thpsim.trace.format import parse
+
+    for op, want in (('{"op": "madvise", "id": "a", "advice": "populate_write"}', "ENOMEM"),
+                     ('{"op": "mlock", "id": "a"}', "EAGAIN")):
+        t = parse('{"op": "mmap", "id": "a", "len": "64K"}\n' + op)
+        r = run_model(t, design="lazy", policy=FailPolicy(persistent_site="folio@fault"), check=True)
+        assert r.steps[-1].result == want, op
+        assert r.kernel is not None
+        failed = [a for a in r.kernel.alloc.log if a.site == "folio@fault" and not a.ok]
+        assert len(failed) == 1, (op, len(failed))

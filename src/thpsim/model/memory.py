@@ -397,20 +397,17 @@ def access_error(k: Kernel, mm: MM, addr: int, write: bool) -> bool:
 
 
 def fault_in_range(k: Kernel, mm: MM, start: int, end: int, *, write: bool) -> int:
-    """populate_vma_page_range / faultin_page_range: fault every page (0 or a VM_FAULT code)."""
+    """populate_vma_page_range / faultin_page_range: fault every page (0 or a VM_FAULT code).
+
+    GUP does not retry a VM_FAULT_OOM: faultin_page() turns it into -ENOMEM at once (vm_fault_to_errno,
+    mm/gup.c), unlike a user fault, which pagefault_out_of_memory() retries (issue 9 item 4: the model used to
+    retry it max_retries times, inflating thp_split_pmd_failed ~1000x)."""
     page = k.page
     a = start
     while a < end:
         if _translate(k, mm, a, write) is None:
             rc = handle_mm_fault(k, mm, a, write)
-            if rc not in (VM_FAULT_OK,):
-                if rc == VM_FAULT_OOM:
-                    retries = 0
-                    while rc == VM_FAULT_OOM and retries < k.max_retries:
-                        retries += 1
-                        rc = handle_mm_fault(k, mm, a, write)
-                    if rc == VM_FAULT_OK:
-                        continue
+            if rc != VM_FAULT_OK:
                 return rc
         # skip to the end of a huge mapping quickly
         if isinstance(mm.pt.slot(a), HugePmd):

@@ -10,7 +10,7 @@ Left out: RLIMIT_MEMLOCK (root), the mlock LRU (folios are only marked mlocked),
 
 from __future__ import annotations
 
-from thpsim.model.errnos import ENOMEM
+from thpsim.model.errnos import EAGAIN, EFAULT, ENOMEM
 from thpsim.model.gup import mm_populate
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
@@ -61,8 +61,14 @@ def do_mlock(k: Kernel, mm: MM, start: int, length: int, flags: tuple[str, ...])
         return rc
     _mark_mlocked(k, mm, s, e)
     if "onfault" not in flags:
-        rc = mm_populate(k, mm, s, e)
+        rc = _mlock_posix_error_return(mm_populate(k, mm, s, e))
     return rc
+
+
+def _mlock_posix_error_return(rc: int) -> int:
+    """__mlock_posix_error_return (mm/mlock.c): a populate that failed with -EFAULT is -ENOMEM, with -ENOMEM
+    -EAGAIN (POSIX: "some or all of the memory could not be locked")."""
+    return ENOMEM if rc == EFAULT else EAGAIN if rc == ENOMEM else rc
 
 
 def do_munlock(k: Kernel, mm: MM, start: int, length: int) -> int:
