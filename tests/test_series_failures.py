@@ -193,14 +193,14 @@ def test_row09_cow_write_fault_vm_fault_oom() -> None:
     assert any("VM_FAULT_OOM" in n and "retried" in n for n in once.steps[4].notes)
     assert once.failed_sites == {"do_huge_pmd_wp_page": 1} and once.split_sites == {"do_huge_pmd_wp_page": 1}
     stuck = run(*ops, policy=ALWAYS, max_retries=3)
-    assert stuck.steps[4].result == "OOM"
+    assert stuck.steps[4].result == "LIVELOCK"
     assert pm(stuck, 4, "c") == PMD_HUGE and ev(stuck, 4, "thp_split_pmd_failed") == 4
 
 
 def test_row10_wp_huge_pmd_async_uffd_wp_split_failure() -> None:
     ops = [*thp(), {"op": "uffd_wp", "id": "a"}, {"op": "write", "id": "a", "off": "8K", "len": "4K", "byte": 7}]
     stuck = run(*ops, policy=ALWAYS, max_retries=2)
-    assert stuck.steps[4].result == "OOM" and pm(stuck, 4) == PMD_HUGE
+    assert stuck.steps[4].result == "LIVELOCK" and pm(stuck, 4) == PMD_HUGE
     assert stuck.failed_sites == {"wp_huge_pmd": 3}
     once = run(*ops, policy=ONE)
     assert once.steps[4].result == 0 and once.split_sites == {"wp_huge_pmd": 1} and not once.violations
@@ -329,7 +329,7 @@ def test_row23_thp_creation_allocates_no_table() -> None:
     # an anon THP fault can no longer fail for lack of a page table
     p = FailPolicy(persistent_site="pte_alloc_one")
     assert run(*thp(), policy=p).steps[2].result == 0
-    assert run(*thp(), policy=p, design="upstream", max_retries=2).steps[2].result == "OOM"
+    assert run(*thp(), policy=p, design="upstream", max_retries=2).steps[2].result == "LIVELOCK"
 
 
 def test_row24_split_adds_one_table_and_counts() -> None:

@@ -15,7 +15,7 @@ What is measured (per trace, per design), all from the observation stream of the
 * PTE-table allocations (``pte_alloc_one@*`` and ``__pte_alloc`` calls, as :attr:`ModelRun.table_allocs`),
   ``thp_split_pmd`` / ``thp_split_pmd_failed`` and the kernel functions the splits (and failed splits) came from;
 * data-contract violations (shadow memory), each with the step and trace line where it first appeared;
-* op results that were errors (``ENOMEM``, ``OOM``, ``SIGSEGV``, ``LIVELOCK``...).
+* op results that were errors (``ENOMEM``, ``SIGSEGV``, ``LIVELOCK``...).
 
 Data-contract checking: ``contract="op"`` (the default) uses the engine's op-scoped shadow check: after each
 step only the range the op touched is compared (forks, exits and kernel-wide ops compare everything), so a
@@ -72,7 +72,7 @@ class Violation:
 
 @dataclass(frozen=True)
 class OpError:
-    """A trace step whose result was an error (errno name, ``OOM``, ``SIGSEGV``, ``LIVELOCK``)."""
+    """A trace step whose result was an error (errno name, ``SIGSEGV``, ``LIVELOCK``)."""
 
     step: int
     line: int

@@ -1,8 +1,8 @@
 """The model engine: replays a resolved trace on a simulated kernel and emits one observation per step.
 
 Pure: no I/O, no clock, randomness only through the seeded fault-injection policy. Syscall results are the
-values Linux returns (an arena offset for mmap/mremap, 0, or an errno name); user accesses report "SIGSEGV" or
-"OOM" when the kernel would. With ``check=True`` the invariants are verified after every step and a violation
+values Linux returns (an arena offset for mmap/mremap, 0, or an errno name); user accesses report "SIGSEGV"
+when the kernel would, and "LIVELOCK" for a fault the kernel would retry forever. With ``check=True`` the invariants are verified after every step and a violation
 raises :class:`InvariantViolation` carrying a replayable trace prefix; with ``shadow=True`` the data contract of
 every syscall is checked against shadow memory and violations are reported in the observation.
 

@@ -11,6 +11,7 @@ Left out: mTHP orders (only PMD order and order 0), file faults, fault-around, N
 
 from __future__ import annotations
 
+from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, rmap
 from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio, content_byte, content_write
@@ -217,7 +218,8 @@ def _translate(k: Kernel, mm: MM, addr: int, write: bool) -> tuple[Folio | None,
 
 def access(k: Kernel, mm: MM, start: int, end: int, *, write: bool, stride: int, fill: bool,
            byte: int) -> tuple[str | int, bytes, list[tuple[int, dict[int, int] | None, bool]]]:
-    """A user load/store loop over [start, end): 0 on success, or "SIGSEGV"/"OOM".
+    """A user load/store loop over [start, end): 0 on success, or "SIGSEGV" (a fault that stays VM_FAULT_OOM
+    raises LivelockDetected: the step's result is LIVELOCK).
 
     Returns (result, bytes read, the pages completed as (page address, offsets or None, full page)).
     """
@@ -254,11 +256,13 @@ def access(k: Kernel, mm: MM, start: int, end: int, *, write: bool, stride: int,
             if rc == VM_FAULT_SIGSEGV:
                 return "SIGSEGV", bytes(data), done
             if rc == VM_FAULT_OOM:
-                # x86: pagefault_out_of_memory() and the fault is retried; bounded in the model
+                # since 5.16 a user fault's VM_FAULT_OOM only calls pagefault_out_of_memory() and the fault is
+                # retried (the OOM killer, not modelled, is what would end it): bounded here, a LIVELOCK
                 retries += 1
                 k.log.notes.append(f"VM_FAULT_OOM at {pg:#x}: fault retried")
                 if retries > k.max_retries:
-                    return "OOM", bytes(data), done
+                    raise LivelockDetected(f"the user fault at {pg:#x} returned VM_FAULT_OOM {retries} times; the "
+                                           "fault handler retries it forever (pagefault_out_of_memory)")
             tr = _translate(k, mm, pg, write)
         folio, idx, entry = tr
         if write:
