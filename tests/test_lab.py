@@ -220,6 +220,14 @@ def _thpsim_in(name: str, *args: str, timeout: int = 1200) -> subprocess.Complet
                            "thpsim", *args], capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout + 60)
 
 
+def _diff_in(*args: str, timeout: int = 1200) -> tuple[int, dict]:
+    """``thpsim diff --json ARGS`` from this checkout: (exit status, the parsed report)."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--json", *args], capture_output=True, text=True,
+                       env=env, cwd=ROOT, timeout=timeout)
+    return r.returncode, json.loads(r.stdout)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "deposits", "per_thp_kb"), [("lazy-v3-7.3", False, 0), ("upstream-7.3", True, 4)])
 def test_guest_probe_sees_the_deposit_or_not(name: str, deposits: bool, per_thp_kb: int):
@@ -238,11 +246,8 @@ def test_guest_probe_sees_the_deposit_or_not(name: str, deposits: bool, per_thp_
 def test_injected_split_failure_matches_the_model_in_the_lazy_guest(tmp_path):
     trace = tmp_path / "inj.jsonl"
     trace.write_text(INJ)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "lazy-v3-7.3", "--design", "lazy",
-                        "--json", str(trace)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
-    out = json.loads(r.stdout)
-    assert r.returncode == 0, out
+    rc, out = _diff_in("--kernel", "lazy-v3-7.3", "--design", "lazy", str(trace))
+    assert rc == 0, out
     assert out["identical"] == 1
 
 
@@ -336,11 +341,8 @@ def test_ops_of_a_process_whose_fork_failed_are_not_run_by_the_model():
 def test_injected_fork_failure_matches_the_model_in_the_upstream_guest(tmp_path):
     trace = tmp_path / "fork-inj.jsonl"
     trace.write_text(FORK_INJ)
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "upstream-7.3", "--json", str(trace)],
-                       capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
-    out = json.loads(r.stdout)
-    assert r.returncode == 0 and out["identical"] == 1, out
+    rc, out = _diff_in("--kernel", "upstream-7.3", str(trace))
+    assert rc == 0 and out["identical"] == 1, out
 
 
 @pytest.mark.slow
@@ -349,12 +351,8 @@ def test_khugepaged_op_runs_for_real_in_the_lazy_guest():
     # the khugepaged op wakes the guest's khugepaged: every step is compared, collapse counts included
     paths = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "scenarios").glob("khugepaged-*.jsonl"))
     assert len(paths) >= 5
-    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-    r = subprocess.run([sys.executable, "-m", "thpsim", "diff", "--kernel", "lazy-v3-7.3", "--design", "lazy",
-                        "--cpus", "1", "--json", *paths], capture_output=True, text=True, env=env, cwd=ROOT,
-                       timeout=1800)
-    out = json.loads(r.stdout)
-    assert r.returncode == 0, out
+    rc, out = _diff_in("--kernel", "lazy-v3-7.3", "--design", "lazy", "--cpus", "1", *paths, timeout=1800)
+    assert rc == 0, out
     for res in out["results"]:
         n_ops = sum(1 for line in (ROOT / res["trace"]).read_text().splitlines()[1:] if line.strip())
         assert res["identical"] and res["compared_steps"] == n_ops, res

@@ -23,6 +23,7 @@ import os
 import time
 
 from thpsim.errors import ThpsimError
+from thpsim.live import procfs
 
 KH_DIR = "/sys/kernel/mm/transparent_hugepage/khugepaged"
 GUEST_SCAN_SLEEP_MS = 3_600_000
@@ -52,11 +53,7 @@ def _write(name: str, value: int) -> None:
 
 
 def _collapses() -> int:
-    with open("/proc/vmstat", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("thp_collapse_alloc "):
-                return int(line.split()[1])
-    return 0
+    return procfs.read_vmstat(refresh=False).get("thp_collapse_alloc", 0)
 
 
 class KhugepagedTrigger:

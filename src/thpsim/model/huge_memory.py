@@ -21,10 +21,11 @@ Left out: file/shmem/DAX PMDs, PMD migration entries (NUMA), userfaultfd-wp bits
 from __future__ import annotations
 
 from thpsim.model import rmap
+from thpsim.model.contpte import contpte_fold_all
 from thpsim.model.errnos import ENOMEM
 from thpsim.model.folio import Folio, content_is_zero
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable, contpte_fold_all
+from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
 from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
 
 

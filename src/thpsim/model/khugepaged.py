@@ -17,10 +17,11 @@ touched, so it holds), file/shmem collapse, swap-in during collapse, mTHP collap
 from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
+from thpsim.model.contpte import contpte_batches
 from thpsim.model.errnos import EAGAIN, EBUSY, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable, contpte_batches
+from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
 from thpsim.model.vma import Vma
 
 SCAN_SUCCEED = "succeed"

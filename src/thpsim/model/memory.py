@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, rmap
+from thpsim.model.contpte import contpte_unfold_partial
 from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio, content_byte, content_write
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, VM_FAULT_SIGSEGV, Kernel
@@ -24,7 +25,6 @@ from thpsim.model.pgtable import (
     HugePmd,
     Pte,
     PteTable,
-    contpte_unfold_partial,
 )
 from thpsim.model.vma import VM_LOCKED, Vma
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 
 from thpsim.errors import LivelockDetected
 from thpsim.model import huge_memory, rmap
+from thpsim.model.contpte import contpte_fold_after_change
 from thpsim.model.design import ChangeProtSplitFailure
 from thpsim.model.errnos import EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, contpte_fold_after_change, pmd_ranges
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
