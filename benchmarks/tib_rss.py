@@ -2,7 +2,7 @@
 
     PYTHONPATH=src python benchmarks/tib_rss.py [--size 1T] [--stride 2M] [--design upstream] [--check]
 
-The trace arena is 512 GiB, so the ops are built directly (``Op`` objects, not parsed) and run through the model
+The trace arena is 512 GiB, so the ops are built directly (``trace.ops`` objects, not parsed) and run through the model
 core (``engine.Simulator``) with the arena base: the mapping [base, base + 1 TiB) spans two 512 GiB PGD slots,
 i.e. two PUD tables and 1024 PMD tables. Steps: mmap 1 TiB, MADV_HUGEPAGE, a write of one byte every ``stride``
 (one THP fault per 2 MiB with the default stride), one full observation record (status, smaps, page map),
@@ -19,7 +19,8 @@ import time
 
 from thpsim.model import invariants
 from thpsim.model.engine import Simulator, make_kernel
-from thpsim.trace.format import ARENA_BASE, Op, parse_size
+from thpsim.trace.format import ARENA_BASE, parse_size
+from thpsim.trace.ops import Madvise, Mmap, Munmap, Write
 
 
 def rss_mib() -> float:
@@ -36,15 +37,14 @@ def main(argv: list[str] | None = None) -> int:
     size, stride = parse_size(a.size), parse_size(a.stride)
     k = make_kernel(design=a.design)
     sim = Simulator(k, base=ARENA_BASE)
-    ops = [Op(line=1, kind="mmap", start=0, length=size), Op(line=2, kind="madvise", start=0, length=size,
-                                                           advice="hugepage"),
-           Op(line=3, kind="write", start=0, length=size, stride=stride)]
+    ops = [Mmap(line=1, start=0, length=size), Madvise(line=2, start=0, length=size, advice="hugepage"),
+           Write(line=3, start=0, length=size, stride=stride)]
     print(f"model: {a.design}, {a.size} mapped at {ARENA_BASE:#x}, write stride {a.stride}; start RSS {rss_mib():.0f} MiB")
     t0 = time.perf_counter()
     for op in ops[:2]:
-        sim._do(op)
+        sim.execute(op)
     t = time.perf_counter()
-    res, _ = sim._do(ops[2])
+    res, _ = sim.execute(ops[2])
     t_write = time.perf_counter() - t
     mm = k.procs["main"]
     thps = k.vmstat.nr_anon_thps
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"invariants: {'ok' if not errs else errs[:3]} in {time.perf_counter() - t:.1f} s")
     peak = rss_mib()
     t = time.perf_counter()
-    rc, _ = sim._do(Op(line=4, kind="munmap", start=0, length=size))
+    rc, _ = sim.execute(Munmap(line=4, start=0, length=size))
     print(f"munmap: result {rc} in {time.perf_counter() - t:.1f} s; VmPTE after {mm.pt.pgtables_bytes} B, "
           f"THPs {k.vmstat.nr_anon_thps}")
     del sim, k, mm

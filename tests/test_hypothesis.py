@@ -24,7 +24,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 from thpsim.model import invariants
 from thpsim.model.engine import Simulator, make_kernel
 from thpsim.model.page_alloc import FailPolicy
-from thpsim.trace.format import Op
+from thpsim.trace.ops import OP_DEFS
 
 K, M, G = 1 << 10, 1 << 20, 1 << 30
 SLOTS = (0, 8 * M, 16 * M, G + 2 * M)          # arena offsets; regions are at most 6 MiB
@@ -58,7 +58,7 @@ class ModelMachine(RuleBasedStateMachine):
     def do(self, kind: str, proc: str = "main", **kw: object) -> None:
         assert self.sim is not None
         self.n += 1
-        op = Op(line=self.n, kind=kind, proc=proc, **kw)  # type: ignore[arg-type]
+        op = OP_DEFS[kind].cls(line=self.n, proc=proc, **kw)   # the kind's own class: unknown fields raise
         obs = self.sim.step(self.n, op)                   # raises InvariantViolation on any broken invariant
         if self.design == "upstream" and not self.random_failures:
             assert obs.violations == (), (op.describe(), obs.violations)
@@ -80,8 +80,9 @@ class ModelMachine(RuleBasedStateMachine):
     def access(self, data: st.DataObject, slot: int, off: int, length: int, how: str, write: bool) -> None:
         proc = data.draw(st.sampled_from(self.procs))
         stride = {"stride4k": 4 * K, "stride2m": 2 * M, "stride64k": 64 * K, "fill": 4 * K}[how]
-        self.do("write" if write else "read", proc=proc, start=slot + off, length=length, stride=stride,
-                fill=how == "fill" and write, byte=data.draw(st.integers(1, 255)))
+        byte = data.draw(st.integers(1, 255))
+        own = {"fill": how == "fill", "byte": byte} if write else {}     # a read has neither
+        self.do("write" if write else "read", proc=proc, start=slot + off, length=length, stride=stride, **own)
 
     @rule(data=st.data(), slot=st.sampled_from(SLOTS), off=OFFS, length=LENS,
           advice=st.sampled_from(("dontneed", "free", "cold", "pageout", "collapse", "hugepage", "nohugepage",

@@ -7,6 +7,9 @@ relays a command whose ``path`` names one of its children down to that child and
 Commands: ``{"path": [...], "cmd": "hello" | "warmup" | "op", "op": {...}}``. Observation is done from the
 outside (the runner reads /proc/PID/*), so this loop never reads /proc itself after setup; it only issues the
 syscalls and memory accesses of the trace. Nothing here prints: answers go to the command channel.
+
+An "op" command runs through :data:`CHILD_OPS`, one handler per op kind of ``trace.ops.OP_DEFS`` that the
+live kernel can run (every kind that is not model-only, except ``expect``, which the runner answers itself).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import resource
 import socket
 import sys
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 from thpsim.live import syscalls as S
 from thpsim.trace.format import ARENA_BASE, PROTS
 from thpsim.trace.geometry import Geometry, arena_size
+from thpsim.trace.ops import OP_DEFS
 
 _SKIP_NAMES = ("[vvar]", "[vvar_vclock]", "[vdso]", "[vsyscall]")
 
@@ -165,91 +170,35 @@ class Proc:
             return {"pid": os.getpid()}, False
         if cmd == "op":
             op = msg["op"]
-            if op["kind"] == "exit":
-                return {"result": 0, "exited": True}, True
+            handler = CHILD_OPS.get(op["kind"])
+            if handler is None:
+                return {"error": f"op {op['kind']!r} is not supported by the live child"}, False
             try:
-                reply = self.do_op(op)
+                reply = handler(self, op)
             except Exception as e:  # never crash the command loop
                 return {"error": f"{type(e).__name__}: {e}"}, False
+            if reply.get("exited"):
+                return reply, True
             drain_lru()
             return reply, False
         return {"error": f"unknown command {cmd!r}"}, False
 
     def warmup(self) -> None:
         """Run every handler once with harmless arguments (an empty arena: nothing changes)."""
-        a = ARENA_BASE
-        for op in ({"kind": "munmap", "start": 0, "length": S.PAGE_SIZE},
-                   {"kind": "mprotect", "start": 0, "length": S.PAGE_SIZE, "prot": "r"},
-                   {"kind": "madvise", "start": 0, "length": S.PAGE_SIZE, "advice": "normal"},
-                   {"kind": "mlock", "start": 0, "length": S.PAGE_SIZE, "flags": []},
-                   {"kind": "mlock", "start": 0, "length": S.PAGE_SIZE, "flags": ["onfault"]},
-                   {"kind": "munlock", "start": 0, "length": S.PAGE_SIZE},
-                   {"kind": "mremap", "start": 0, "length": S.PAGE_SIZE, "new_length": S.PAGE_SIZE, "flags": []},
-                   {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": False},
-                   {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": True},
-                   {"kind": "read", "start": 0, "length": 0, "stride": S.PAGE_SIZE}):
-            self.do_op(op)
+        ops: tuple[dict[str, Any], ...] = (
+            {"kind": "munmap", "start": 0, "length": S.PAGE_SIZE},
+            {"kind": "mprotect", "start": 0, "length": S.PAGE_SIZE, "prot": "r"},
+            {"kind": "madvise", "start": 0, "length": S.PAGE_SIZE, "advice": "normal"},
+            {"kind": "mlock", "start": 0, "length": S.PAGE_SIZE, "flags": []},
+            {"kind": "mlock", "start": 0, "length": S.PAGE_SIZE, "flags": ["onfault"]},
+            {"kind": "munlock", "start": 0, "length": S.PAGE_SIZE},
+            {"kind": "mremap", "start": 0, "length": S.PAGE_SIZE, "new_length": S.PAGE_SIZE, "flags": []},
+            {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": False},
+            {"kind": "write", "start": 0, "length": 0, "stride": S.PAGE_SIZE, "byte": 1, "fill": True},
+            {"kind": "read", "start": 0, "length": 0, "stride": S.PAGE_SIZE})
+        for op in ops:
+            CHILD_OPS[op["kind"]](self, op)
         drain_lru()
-        del a
-
-    # -- operations
-    def do_op(self, op: dict[str, Any]) -> dict[str, Any]:
-        kind = op["kind"]
-        addr = ARENA_BASE + op.get("start", 0)
-        length = op.get("length", 0)
-        flags = op.get("flags", [])
-        if kind == "mmap":
-            f = S.MAP_PRIVATE | S.MAP_ANONYMOUS
-            f |= S.MAP_FIXED_NOREPLACE if "fixed_noreplace" in flags else S.MAP_FIXED
-            for name in flags:
-                f |= S.MMAP_FLAG_BITS.get(name, 0)
-            r, err = S.mmap(addr, length, PROTS[op.get("prot", "rw")], f)
-            return {"result": err or r - ARENA_BASE}
-        if kind == "munmap":
-            return {"result": S.munmap(addr, length)[1] or 0}
-        if kind == "mprotect":
-            return {"result": S.mprotect(addr, length, PROTS[op["prot"]])[1] or 0}
-        if kind == "madvise":
-            return {"result": S.madvise(addr, length, S.MADV[op["advice"]])[1] or 0}
-        if kind == "mlock":
-            return {"result": S.mlock(addr, length, "onfault" in flags)[1] or 0}
-        if kind == "munlock":
-            return {"result": S.munlock(addr, length)[1] or 0}
-        if kind == "mremap":
-            return self.mremap(op, addr, length)
-        if kind == "write":
-            byte = op.get("byte", 0xAA)
-            if op.get("fill"):
-                if length:
-                    ctypes.memset(addr, byte, length)
-            else:
-                memset = ctypes.memset
-                for a in range(addr, addr + length, op.get("stride", S.PAGE_SIZE)):
-                    memset(a, byte, 1)
-            return {"result": 0}
-        if kind == "read":
-            stride = op.get("stride", S.PAGE_SIZE)
-            data = bytes((ctypes.c_ubyte * length).from_address(addr)[0:length:stride]) if length else b""
-            return {"result": 0, "data": f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"}
-        if kind == "fork":
-            return self.fork(op["child"])
-        return {"error": f"op {kind!r} is not supported by the live child"}
-
-    def mremap(self, op: dict[str, Any], addr: int, length: int) -> dict[str, Any]:
-        flags = op.get("flags", [])
-        new_len = op["new_length"]
-        dest = op.get("dest")
-        if "maymove" not in flags:
-            r, err = S.mremap(addr, length, new_len, 0)
-        elif "fixed" in flags or "dontunmap" in flags:
-            f = S.MREMAP_MAYMOVE | S.MREMAP_FIXED | (S.MREMAP_DONTUNMAP if "dontunmap" in flags else 0)
-            r, err = S.mremap(addr, length, new_len, f, ARENA_BASE + (dest or 0))
-        else:
-            r, err = S.mremap(addr, length, new_len, 0)
-            if err == "ENOMEM":
-                r, err = S.mremap(addr, length, new_len, S.MREMAP_MAYMOVE | S.MREMAP_FIXED,
-                                  ARENA_BASE + (dest or 0))
-        return {"result": err or r - ARENA_BASE}
 
     def fork(self, name: str) -> dict[str, Any]:
         parent_sock, child_sock = socket.socketpair()
@@ -284,6 +233,115 @@ class Proc:
             return {"error": f"forked process {name!r} died during setup"}
         self.children[name] = (pid, chan, parent_sock)
         return {"result": 0, "pid": pid}
+
+
+# ---- the live op table: one handler per op kind the live kernel runs (trace.ops.OP_DEFS) ---------------------------
+# A command's "op" is the wire form of a trace op (live.runner.op_message): "kind", and for a range op "start" and
+# "length" (arena offsets), then the kind's own fields under their trace.ops names ("prot", "flags", ...).
+ChildHandler = Callable[[Proc, dict[str, Any]], dict[str, Any]]
+CHILD_OPS: dict[str, ChildHandler] = {}
+
+
+def _live(kind: str) -> Callable[[ChildHandler], ChildHandler]:
+    """Register the live handler of op ``kind``; model-only kinds and unknown names are refused."""
+    def register(fn: ChildHandler) -> ChildHandler:
+        d = OP_DEFS.get(kind)
+        if d is None or d.model_only or kind in CHILD_OPS:
+            raise AssertionError(f"no live handler can be registered for op {kind!r}")
+        CHILD_OPS[kind] = fn
+        return fn
+    return register
+
+
+def _range(op: dict[str, Any]) -> tuple[int, int]:
+    return ARENA_BASE + op.get("start", 0), op.get("length", 0)
+
+
+@_live("mmap")
+def _mmap(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    addr, length = _range(op)
+    flags = op.get("flags", [])
+    f = S.MAP_PRIVATE | S.MAP_ANONYMOUS
+    f |= S.MAP_FIXED_NOREPLACE if "fixed_noreplace" in flags else S.MAP_FIXED
+    for name in flags:
+        f |= S.MMAP_FLAG_BITS.get(name, 0)
+    r, err = S.mmap(addr, length, PROTS[op.get("prot", "rw")], f)
+    return {"result": err or r - ARENA_BASE}
+
+
+@_live("munmap")
+def _munmap(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": S.munmap(*_range(op))[1] or 0}
+
+
+@_live("mprotect")
+def _mprotect(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": S.mprotect(*_range(op), PROTS[op["prot"]])[1] or 0}
+
+
+@_live("madvise")
+def _madvise(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": S.madvise(*_range(op), S.MADV[op["advice"]])[1] or 0}
+
+
+@_live("mlock")
+def _mlock(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": S.mlock(*_range(op), "onfault" in op.get("flags", []))[1] or 0}
+
+
+@_live("munlock")
+def _munlock(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": S.munlock(*_range(op))[1] or 0}
+
+
+@_live("mremap")
+def _mremap(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    addr, length = _range(op)
+    flags = op.get("flags", [])
+    new_len = op["new_length"]
+    dest = op.get("dest")
+    if "maymove" not in flags:
+        r, err = S.mremap(addr, length, new_len, 0)
+    elif "fixed" in flags or "dontunmap" in flags:
+        f = S.MREMAP_MAYMOVE | S.MREMAP_FIXED | (S.MREMAP_DONTUNMAP if "dontunmap" in flags else 0)
+        r, err = S.mremap(addr, length, new_len, f, ARENA_BASE + (dest or 0))
+    else:
+        r, err = S.mremap(addr, length, new_len, 0)
+        if err == "ENOMEM":
+            r, err = S.mremap(addr, length, new_len, S.MREMAP_MAYMOVE | S.MREMAP_FIXED, ARENA_BASE + (dest or 0))
+    return {"result": err or r - ARENA_BASE}
+
+
+@_live("write")
+def _write(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    addr, length = _range(op)
+    byte = op.get("byte", 0xAA)
+    if op.get("fill"):
+        if length:
+            ctypes.memset(addr, byte, length)
+    else:
+        memset = ctypes.memset
+        for a in range(addr, addr + length, op.get("stride", S.PAGE_SIZE)):
+            memset(a, byte, 1)
+    return {"result": 0}
+
+
+@_live("read")
+def _read(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    addr, length = _range(op)
+    stride = op.get("stride", S.PAGE_SIZE)
+    data = bytes((ctypes.c_ubyte * length).from_address(addr)[0:length:stride]) if length else b""
+    return {"result": 0, "data": f"{zlib.crc32(data) & 0xFFFFFFFF:08x}"}
+
+
+@_live("fork")
+def _fork(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return p.fork(op["child"])
+
+
+@_live("exit")
+def _exit(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return {"result": 0, "exited": True}     # the loop kills this process's children, answers, then exits
 
 
 def main(argv: list[str]) -> None:

@@ -32,7 +32,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from thpsim.errors import ThpsimError
@@ -43,8 +43,21 @@ from thpsim.live.inject import FailPageAlloc, injection_unavailable
 from thpsim.live.khugepaged import KhugepagedTrigger
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
-from thpsim.trace.format import ARENA_BASE, MODEL_ONLY_OPS, GiB, Op, Trace
+from thpsim.trace.format import ARENA_BASE, GiB, Op, Trace
 from thpsim.trace.geometry import Geometry, arena_size, map_trace
+from thpsim.trace.ops import (
+    OP_DEFS,
+    Access,
+    Exit,
+    Expect,
+    Fork,
+    Khugepaged,
+    Madvise,
+    Mmap,
+    Mremap,
+    OpBase,
+    Write,
+)
 
 GEOMETRY = Geometry(S.PAGE_SIZE, S.PMD_SIZE)        # this kernel's
 ARENA_SPAN = arena_size(GEOMETRY)                   # the arena the mapped traces use
@@ -84,17 +97,25 @@ def address_space_budget(trace: Trace) -> int:
     """RLIMIT_AS for the child: everything the trace could map, plus 4 GiB for the interpreter."""
     total = 0
     for op in trace.ops:
-        if op.kind == "mmap":
+        if isinstance(op, Mmap):
             total += op.length
-        elif op.kind == "mremap":
+        elif isinstance(op, Mremap):
             total += op.new_length
     return min(total, ARENA_SPAN) + 4 * GiB
 
 
+_NOT_SENT = frozenset(f.name for f in fields(OpBase)) | {"handle"}
+
+
 def op_message(op: Op) -> dict[str, Any]:
-    return {"kind": op.kind, "start": op.start, "length": op.length, "prot": op.prot, "flags": list(op.flags),
-            "advice": op.advice, "new_length": op.new_length, "dest": op.dest, "stride": op.stride,
-            "fill": op.fill, "byte": op.byte, "child": op.child}
+    """The op as the live child's command reads it (live._child.CHILD_OPS): "kind", then the kind's own fields
+    under their names ("start", "length", "prot", "flags", "new_length", "dest", "stride", "child", ...)."""
+    msg: dict[str, Any] = {"kind": op.kind}
+    for f in fields(op):
+        if f.name not in _NOT_SENT:
+            v = getattr(op, f.name)
+            msg[f.name] = list(v) if isinstance(v, tuple) else v
+    return msg
 
 
 @dataclass
@@ -298,25 +319,47 @@ class _Session:
         self.vm0, self.mi0 = self.globals_now()
 
     def run_op(self, idx: int, op: Op) -> None:
-        if op.kind == "khugepaged" and self.khugepaged is not None:    # lab guests: the real thread
+        if isinstance(op, Khugepaged) and self.khugepaged is not None:    # lab guests: the real thread
             collapsed, kh_notes = self.khugepaged.full_scan()
             self.record(idx, op, collapsed, None, kh_notes)
             return
-        if op.kind in MODEL_ONLY_OPS:
-            self.record(idx, op, None, None, (MODEL_ONLY_NOTE,))
-            return
-        if op.kind == "expect":
-            self.record(idx, op, None, None, ())
-            return
         lp = self.procs.get(op.proc)
+        skip = self._not_run(op, lp)
+        if skip is not None:
+            self.record(idx, op, skip[0], None, skip[1])
+            return
+        assert lp is not None
+        reply, injected = self._send(lp, op)
+        result = reply.get("result")
+        if isinstance(op, Fork) and result == 0:
+            assert self.child_base is not None
+            self.procs[op.child] = _LiveProc(op.child, int(reply["pid"]), [*lp.path, op.child], self.child_base)
+            lp.children.append(op.child)
+        elif isinstance(op, Exit):
+            self._drop(op.proc)
+        advice = op.advice if isinstance(op, Madvise) else None
+        notes = live_env.op_notes(op.kind, advice, result, self.features, self.release)
+        if advice == "guard_install" and result == 0 and not self.features.guards_visible:
+            self.unseen_guard = True
+        self.record(idx, op, result, reply.get("data"), notes, injected)
+
+    def _not_run(self, op: Op, lp: _LiveProc | None) -> tuple[str | None, tuple[str, ...]] | None:
+        """(result, notes) of an op that does not reach the child, or None: model-only ops, expect, an op of a
+        process that is gone, an access that would fault."""
+        if OP_DEFS[op.kind].model_only:
+            return None, (MODEL_ONLY_NOTE,)
+        if isinstance(op, Expect):
+            return None, ()
         if lp is None:   # its fork failed (e.g. an injected ENOMEM) or it exited: as the model does
-            self.record(idx, op, None, None, (no_process_note(op.proc),))
-            return
-        if op.kind in ("read", "write") and access_faults(
-                lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, op.kind == "write", pku=self.pku,
+            return None, (no_process_note(op.proc),)
+        if isinstance(op, Access) and access_faults(
+                lp.pid, ARENA_BASE + op.start, ARENA_BASE + op.end, op.stride, isinstance(op, Write), pku=self.pku,
                 features=self.features):
-            self.record(idx, op, "SIGSEGV", None, ("access would fault: not performed",))
-            return
+            return "SIGSEGV", ("access would fault: not performed",)
+        return None
+
+    def _send(self, lp: _LiveProc, op: Op) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """Run the op in its process (allocation failures armed for it if it injects): (reply, injected)."""
         fpa = self.fpa if op.inject is not None else None
         if fpa is not None and op.inject is not None:
             fpa.arm(op.inject.at, op.inject.times, lp.pid)
@@ -326,18 +369,8 @@ class _Session:
             reply = self.call(lp.path, {"cmd": "op", "op": op_message(op)})
         finally:
             if fpa is not None:   # a fork's new child inherits make_it_fail: clear it there too
-                injected = fpa.disarm((int(reply["pid"]),) if op.kind == "fork" and reply.get("pid") else ())
-        result = reply.get("result")
-        if op.kind == "fork" and result == 0:
-            assert self.child_base is not None
-            self.procs[op.child] = _LiveProc(op.child, int(reply["pid"]), [*lp.path, op.child], self.child_base)
-            lp.children.append(op.child)
-        elif op.kind == "exit":
-            self._drop(op.proc)
-        notes = live_env.op_notes(op.kind, op.advice, result, self.features, self.release)
-        if op.kind == "madvise" and op.advice == "guard_install" and result == 0 and not self.features.guards_visible:
-            self.unseen_guard = True
-        self.record(idx, op, result, reply.get("data"), notes, injected)
+                injected = fpa.disarm((int(reply["pid"]),) if isinstance(op, Fork) and reply.get("pid") else ())
+        return reply, injected
 
     def _drop(self, name: str) -> None:
         lp = self.procs.pop(name, None)
@@ -356,7 +389,7 @@ def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
 
     ``allow_sysfs`` is accepted for the CLI; the runner writes sysfs only inside a lab guest, where the
     ``khugepaged`` op wakes the real thread (:mod:`thpsim.live.khugepaged`); elsewhere it and the other model-only
-    ops (format.MODEL_ONLY_OPS) are recorded with result None and a note.
+    ops (their definitions' ``model_only``, trace.ops.OP_DEFS) are recorded with result None and a note.
     A trace is mapped onto this kernel's page and PMD size first (:func:`thpsim.trace.geometry.map_trace`).
     Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
     Exit of ``main`` exits every still-live trace process first (the final observation lists none).
@@ -370,7 +403,7 @@ def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
         s.start()
         for idx, op in enumerate(trace.ops):
             s.run_op(idx, op)
-            if op.kind == "exit" and op.proc == "main":
+            if isinstance(op, Exit) and op.proc == "main":
                 break
     except LiveRunError:
         raise

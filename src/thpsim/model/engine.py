@@ -6,10 +6,13 @@ when the kernel would, and "LIVELOCK" for a fault the kernel would retry forever
 raises :class:`InvariantViolation` carrying a replayable trace prefix; with ``shadow=True`` the data contract of
 every syscall is checked against shadow memory and violations are reported in the observation.
 
-The op table (:data:`OPS`) has one handler per trace op kind: it translates arena offsets, calls the kernel
-entry point (in the module named after its kernel file), converts errnos and applies the op's data contract to
-the shadow memory (the contract rules themselves live in :mod:`thpsim.model.shadow`). Each entry also says
-whether only the model can run the op and which pages it can change (``Scope``).
+The op table (:data:`OPS`) has one handler per op kind of the trace language's definitions
+(:data:`thpsim.trace.ops.OP_DEFS`), registered with the op's class so that each handler takes its precise op
+type (``Mremap``, ``Write``, ...); importing this module fails if a definition has no handler or two. A handler
+translates arena offsets, calls the kernel entry point (in the module named after its kernel file), converts
+errnos and applies the op's data contract to the shadow memory (the contract rules themselves live in
+:mod:`thpsim.model.shadow`). Each entry also names the kernel entry point and which pages the op can change
+(``Scope``); whether only the model can run it comes from the op's definition.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from thpsim.errors import InvariantViolation, LivelockDetected
 from thpsim.model import (
@@ -52,6 +55,31 @@ from thpsim.model.shadow import Shadow, compare
 from thpsim.model.vma import VM_DONTCOPY, VM_WIPEONFORK
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, PROTS, Op, Trace, dumps_op
+from thpsim.trace.ops import (
+    OP_DEFS,
+    Exit,
+    Expect,
+    Fork,
+    Gup,
+    Khugepaged,
+    Madvise,
+    Migrate,
+    Mlock,
+    Mmap,
+    Mprotect,
+    Mremap,
+    Munlock,
+    Munmap,
+    OpBase,
+    PagemapScanWp,
+    RangeOp,
+    Read,
+    Reclaim,
+    ShrinkDeferred,
+    UffdMove,
+    UffdWp,
+    Write,
+)
 
 __all__ = ["OPS", "ModelRun", "OpKind", "Scope", "Simulator", "make_kernel", "run_model"]
 
@@ -102,33 +130,43 @@ class Scope(Enum):
     NOTHING = "nothing"      # nothing left to compare (exit)
 
 
-Handler = Callable[["Simulator", MM, Op, int], OpResult]
+OpT = TypeVar("OpT", bound=OpBase)
+Handler = Callable[["Simulator", MM, Any, int], OpResult]    # (simulator, the op's mm, the op, its absolute start)
 
 
 @dataclass(frozen=True)
 class OpKind:
-    """One trace op kind: its handler (simulator, the op's mm, the op, its absolute start address) and metadata."""
+    """The model side of one trace op kind (trace.ops.OP_DEFS): its handler and metadata."""
 
     name: str
     handler: Handler
     kernel: str                  # the kernel entry point it models
-    model_only: bool = False     # no unprivileged, side-effect-free live trigger (trace.format.MODEL_ONLY_OPS)
     scope: Scope = Scope.RANGE
+
+    @property
+    def model_only(self) -> bool:
+        """No unprivileged, side-effect-free live trigger (the op's definition says so)."""
+        return OP_DEFS[self.name].model_only
 
 
 OPS: dict[str, OpKind] = {}
 
 
-def _op(name: str, kernel: str, *, model_only: bool = False,
-        scope: Scope = Scope.RANGE) -> Callable[[Handler], Handler]:
-    def register(fn: Handler) -> Handler:
-        OPS[name] = OpKind(name, fn, kernel, model_only, scope)
+def _op(cls: type[OpT], kernel: str, *,
+        scope: Scope = Scope.RANGE) -> Callable[[Callable[[Simulator, MM, OpT, int], OpResult]], Handler]:
+    """Register the model handler of the op kind ``cls`` (exactly one per definition)."""
+    def register(fn: Callable[[Simulator, MM, OpT, int], OpResult]) -> Handler:
+        if OP_DEFS.get(cls.kind) is None or OP_DEFS[cls.kind].cls is not cls:
+            raise AssertionError(f"{cls.__name__} is not an op kind of trace.ops.OP_DEFS")
+        if cls.kind in OPS:
+            raise AssertionError(f"two model handlers for op {cls.kind!r}")
+        OPS[cls.kind] = OpKind(cls.kind, fn, kernel, scope)
         return fn
     return register
 
 
-@_op("mmap", "mm/mmap.c do_mmap")
-def _mmap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Mmap, "mm/mmap.c do_mmap")
+def _mmap(sim: Simulator, mm: MM, op: Mmap, a: int) -> OpResult:
     rc = mmap.do_mmap(sim.k, mm, a, op.length, PROTS[op.prot], op.flags)
     if rc < 0:
         return _result(rc), None
@@ -137,21 +175,21 @@ def _mmap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return rc - sim.base, None
 
 
-@_op("munmap", "mm/vma.c do_vmi_munmap")
-def _munmap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Munmap, "mm/vma.c do_vmi_munmap")
+def _munmap(sim: Simulator, mm: MM, op: Munmap, a: int) -> OpResult:
     rc = mmap.do_munmap(sim.k, mm, a, op.length)
     if rc == 0 and sim.shadow:
         sim.shadow.discard(op.proc, a, a + op.length, "munmap")
     return _result(rc), None
 
 
-@_op("mprotect", "mm/mprotect.c do_mprotect_pkey")
-def _mprotect(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Mprotect, "mm/mprotect.c do_mprotect_pkey")
+def _mprotect(sim: Simulator, mm: MM, op: Mprotect, a: int) -> OpResult:
     return _result(mprotect.do_mprotect(sim.k, mm, a, op.length, PROTS[op.prot])), None
 
 
-@_op("mremap", "mm/mremap.c do_mremap")
-def _mremap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Mremap, "mm/mremap.c do_mremap")
+def _mremap(sim: Simulator, mm: MM, op: Mremap, a: int) -> OpResult:
     dest = None if op.dest is None else sim.base + op.dest
     rc = mremap.do_mremap(sim.k, mm, a, op.length, op.new_length, op.flags, dest)
     if rc < 0:
@@ -161,18 +199,18 @@ def _mremap(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return rc - sim.base, None
 
 
-@_op("mlock", "mm/mlock.c do_mlock")
-def _mlock(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Mlock, "mm/mlock.c do_mlock")
+def _mlock(sim: Simulator, mm: MM, op: Mlock, a: int) -> OpResult:
     return _result(mlock.do_mlock(sim.k, mm, a, op.length, op.flags)), None
 
 
-@_op("munlock", "mm/mlock.c munlock")
-def _munlock(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Munlock, "mm/mlock.c munlock")
+def _munlock(sim: Simulator, mm: MM, op: Munlock, a: int) -> OpResult:
     return _result(mlock.do_munlock(sim.k, mm, a, op.length)), None
 
 
-@_op("madvise", "mm/madvise.c do_madvise")
-def _madvise(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Madvise, "mm/madvise.c do_madvise")
+def _madvise(sim: Simulator, mm: MM, op: Madvise, a: int) -> OpResult:
     end = a + op.length
     hole = not mm.vmas.covered(a, end)
     rc = madvise.do_madvise(sim.k, mm, a, op.length, op.advice)
@@ -184,21 +222,24 @@ def _madvise(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return _result(rc), None
 
 
-def _access(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
-    write = op.kind == "write"
-    res, raw, pages = memory.access(sim.k, mm, a, a + op.length, write=write, stride=op.stride, fill=op.fill,
-                                    byte=op.byte)
-    if write and sim.shadow:
+@_op(Write, "user store (handle_mm_fault on a miss)")
+def _write(sim: Simulator, mm: MM, op: Write, a: int) -> OpResult:
+    res, _raw, pages = memory.access(sim.k, mm, a, a + op.length, write=True, stride=op.stride, fill=op.fill,
+                                     byte=op.byte)
+    if sim.shadow:
         sim.shadow.user_write(op.proc, pages, op.byte)
-    return res, (read_digest(raw) if not write and res == 0 else None)
+    return res, None
 
 
-_op("write", "user store (handle_mm_fault on a miss)")(_access)
-_op("read", "user load (handle_mm_fault on a miss)")(_access)
+@_op(Read, "user load (handle_mm_fault on a miss)")
+def _read(sim: Simulator, mm: MM, op: Read, a: int) -> OpResult:
+    res, raw, _pages = memory.access(sim.k, mm, a, a + op.length, write=False, stride=op.stride, fill=False,
+                                     byte=0xAA)
+    return res, (read_digest(raw) if res == 0 else None)
 
 
-@_op("fork", "kernel/fork.c dup_mmap", scope=Scope.ANYWHERE)
-def _fork(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Fork, "kernel/fork.c dup_mmap", scope=Scope.ANYWHERE)
+def _fork(sim: Simulator, mm: MM, op: Fork, a: int) -> OpResult:
     rc = fork.do_fork(sim.k, mm, op.child)
     if rc == 0:
         sim.order.append(op.child)
@@ -208,8 +249,8 @@ def _fork(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return _result(rc), None
 
 
-@_op("exit", "kernel/exit.c do_exit → exit_mmap", scope=Scope.NOTHING)
-def _exit(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Exit, "kernel/exit.c do_exit → exit_mmap", scope=Scope.NOTHING)
+def _exit(sim: Simulator, mm: MM, op: Exit, a: int) -> OpResult:
     k = sim.k
     names = [n for n in sim.order if n != "main"] + ["main"] if op.proc == "main" else [op.proc]
     for n in names:
@@ -228,30 +269,29 @@ def _exit(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return 0, None
 
 
-@_op("khugepaged", "mm/khugepaged.c khugepaged_scan_mm_slot", model_only=True, scope=Scope.ANYWHERE)
-def _khugepaged(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Khugepaged, "mm/khugepaged.c khugepaged_scan_mm_slot", scope=Scope.ANYWHERE)
+def _khugepaged(sim: Simulator, mm: MM, op: Khugepaged, a: int) -> OpResult:
     return khugepaged.khugepaged_pass(sim.k), None
 
 
-@_op("shrink_deferred", "mm/huge_memory.c deferred_split_scan", model_only=True, scope=Scope.ANYWHERE)
-def _shrink_deferred(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(ShrinkDeferred, "mm/huge_memory.c deferred_split_scan", scope=Scope.ANYWHERE)
+def _shrink_deferred(sim: Simulator, mm: MM, op: ShrinkDeferred, a: int) -> OpResult:
     return deferred_split_scan(sim.k), None
 
 
-@_op("reclaim", "mm/vmscan.c shrink_folio_list (kswapd)", model_only=True, scope=Scope.ANYWHERE)
-def _reclaim(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Reclaim, "mm/vmscan.c shrink_folio_list (kswapd)", scope=Scope.ANYWHERE)
+def _reclaim(sim: Simulator, mm: MM, op: Reclaim, a: int) -> OpResult:
     outs = vmscan.reclaim_range(sim.k, mm, a, a + op.length, memalloc=True, skip_shared=False, caller="kswapd")
     return sum(1 for o in outs if o in ("swapped", "discarded")), None
 
 
-@_op("gup", "mm/gup.c __get_user_pages", model_only=True, scope=Scope.ANYWHERE)
-def _gup(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Gup, "mm/gup.c __get_user_pages", scope=Scope.ANYWHERE)
+def _gup(sim: Simulator, mm: MM, op: Gup, a: int) -> OpResult:
     return _result(gup.get_user_pages(sim.k, mm, a, a + op.length, op.flags)), None
 
 
-@_op("uffd_move", "mm/userfaultfd.c move_pages", model_only=True)
-def _uffd_move(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
-    assert op.dest is not None
+@_op(UffdMove, "mm/userfaultfd.c move_pages")
+def _uffd_move(sim: Simulator, mm: MM, op: UffdMove, a: int) -> OpResult:
     dst = sim.base + op.dest
     rc, moved = userfaultfd.move_pages(sim.k, mm, a, dst, op.length)
     if sim.shadow and moved:
@@ -259,27 +299,28 @@ def _uffd_move(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
     return (_result(rc) if rc else moved), None
 
 
-@_op("uffd_wp", "mm/userfaultfd.c mwriteprotect_range", model_only=True)
-def _uffd_wp(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(UffdWp, "mm/userfaultfd.c mwriteprotect_range")
+def _uffd_wp(sim: Simulator, mm: MM, op: UffdWp, a: int) -> OpResult:
     return _result(userfaultfd.writeprotect(sim.k, mm, a, a + op.length)), None
 
 
-@_op("pagemap_scan_wp", "fs/proc/task_mmu.c do_pagemap_scan (PM_SCAN_WP_MATCHING)", model_only=True)
-def _pagemap_scan_wp(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(PagemapScanWp, "fs/proc/task_mmu.c do_pagemap_scan (PM_SCAN_WP_MATCHING)")
+def _pagemap_scan_wp(sim: Simulator, mm: MM, op: PagemapScanWp, a: int) -> OpResult:
     return _result(task_mmu.pagemap_scan_wp(sim.k, mm, a, a + op.length)), None
 
 
-@_op("migrate", "mm/migrate_device.c migrate_vma_setup", model_only=True, scope=Scope.ANYWHERE)
-def _migrate(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Migrate, "mm/migrate_device.c migrate_vma_setup", scope=Scope.ANYWHERE)
+def _migrate(sim: Simulator, mm: MM, op: Migrate, a: int) -> OpResult:
     return _result(migrate_device.migrate_vma(sim.k, mm, a, a + op.length)), None
 
 
-@_op("expect", "(none: checks the observation)", scope=Scope.ANYWHERE)
-def _expect(sim: Simulator, mm: MM, op: Op, a: int) -> OpResult:
+@_op(Expect, "(none: checks the observation)", scope=Scope.ANYWHERE)
+def _expect(sim: Simulator, mm: MM, op: Expect, a: int) -> OpResult:
     return None, None
 
 
-MODEL_ONLY = frozenset(name for name, o in OPS.items() if o.model_only)
+if set(OPS) != set(OP_DEFS):
+    raise AssertionError(f"op kinds without a model handler: {sorted(set(OP_DEFS) - set(OPS))}")
 
 
 # ---- the simulator --------------------------------------------------------------------------------------------------
@@ -333,7 +374,7 @@ class Simulator:
         spec = OPS.get(op.kind)
         if spec is None:
             raise AssertionError(f"unhandled op {op.kind}")
-        return spec.handler(self, mm, op, self.base + op.start)
+        return spec.handler(self, mm, op, self.base + (op.start if isinstance(op, RangeOp) else 0))
 
     def _violations(self, op: Op) -> list[str]:
         if self.shadow is None:
@@ -368,9 +409,11 @@ class Simulator:
             return []
         if self.shadow_scope == "all" or scope is Scope.ANYWHERE:
             return None
+        assert isinstance(op, RangeOp), f"op {op.kind!r} has Scope.RANGE but no range"
         pg = self.k.page
-        n = max(op.length, op.new_length)
-        starts = [self.base + op.start] + ([self.base + op.dest] if op.dest is not None else [])
+        n = max(op.length, op.new_length) if isinstance(op, Mremap) else op.length
+        dest = op.dest if isinstance(op, Mremap | UffdMove) else None
+        starts = [self.base + op.start] + ([self.base + dest] if dest is not None else [])
         return [(a - a % pg, -(-(a + n) // pg) * pg) for a in starts]   # whole pages
 
     def observe(self, i: int, op: Op, result: int | str | None, data: str | None,

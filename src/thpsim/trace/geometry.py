@@ -25,9 +25,11 @@ and the ``max_ptes_*`` knobs of a trace header are left as they are (counts, not
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from thpsim.errors import ThpsimError
 from thpsim.trace.format import ARENA_SIZE, PAGE, Op, Trace
+from thpsim.trace.ops import Access, Mremap, RangeOp, UffdMove
 
 TRACE_PAGE = PAGE               # the geometry version-1 traces are written in
 TRACE_PMD = 512 * PAGE
@@ -94,11 +96,20 @@ def arena_size(g: Geometry) -> int:
 
 
 def map_op(op: Op, g: Geometry) -> Op:
+    """``op`` on geometry ``g``: its range by its ends, a mremap's new length from the same start, destinations
+    and strides as offsets; expectations are dropped (they were written for 4K pages)."""
+    if not isinstance(op, RangeOp):
+        return dataclasses.replace(op, expect=())
     start, length = _range(op.start, op.length, g)
-    new_length = map_offset(op.start + op.new_length, g) - start if op.new_length else 0
-    dest = None if op.dest is None else map_offset(op.dest, g)
-    return dataclasses.replace(op, start=start, length=length, new_length=new_length, dest=dest,
-                               stride=map_offset(op.stride, g), expect=())
+    kw: dict[str, Any] = {"start": start, "length": length, "expect": ()}
+    if isinstance(op, Mremap):
+        kw["new_length"] = map_offset(op.start + op.new_length, g) - start if op.new_length else 0
+        kw["dest"] = None if op.dest is None else map_offset(op.dest, g)
+    elif isinstance(op, UffdMove):
+        kw["dest"] = map_offset(op.dest, g)
+    elif isinstance(op, Access):
+        kw["stride"] = map_offset(op.stride, g)
+    return dataclasses.replace(op, **kw)
 
 
 def map_trace(trace: Trace, g: Geometry) -> Trace:
