@@ -92,6 +92,9 @@ class StepObs:
     # allocations an op's ``inject`` failed, as the kernel functions that called the allocator (in order);
     # left out of to_dict() when empty, so traces without injection serialise as before
     injected: tuple[str, ...] = ()
+    # the vmstat counters above that count only the trace's own processes (live: its memory cgroup,
+    # thpsim.live.cgroup); the others are host-wide. Empty for the model and where no cgroup was possible.
+    own_counters: tuple[str, ...] = ()
 
     def proc_obs(self, name: str) -> ProcObs | None:
         return next((p for p in self.procs if p.proc == name), None)
@@ -100,7 +103,7 @@ class StepObs:
         return dict(self.vmstat).get(name, 0)
 
 
-_OMIT_WHEN_EMPTY = frozenset({"injected"})
+_OMIT_WHEN_EMPTY = frozenset({"injected", "own_counters"})
 
 
 def no_process_note(proc: str) -> str:
@@ -132,6 +135,7 @@ def from_dict(d: dict[str, Any]) -> StepObs:
         procs=procs, vmstat=tuple(sorted(dict(d.get("vmstat") or {}).items())),
         meminfo=tuple(sorted(dict(d.get("meminfo") or {}).items())), notes=tuple(d.get("notes", ())),
         violations=tuple(d.get("violations", ())), injected=tuple(d.get("injected", ())),
+        own_counters=tuple(d.get("own_counters", ())),
     )
 
 

@@ -45,6 +45,7 @@ class DiffResult:
     stopped_at: int | None = None      # first model-only step (not comparable afterwards)
     note: str = ""
     background_collapse: int | None = None   # first step where khugepaged collapsed something on its own
+    own_counters: frozenset[str] = frozenset()   # vmstat counters the live side counted per cgroup (not host-wide)
 
     @property
     def identical(self) -> bool:
@@ -96,7 +97,7 @@ def diff_steps(left: list[StepObs], right: list[StepObs], *, model_only_ops: fro
     """Compare two observation streams step by step. ``skip_counters`` are vmstat counters one side cannot
     have: by default ``thp_split_pmd_failed``, which only a kernel with the lazy-PTE series counts; pass an
     empty set for such a kernel so that failed splits are compared too."""
-    res = DiffResult()
+    res = DiffResult(own_counters=frozenset(right[0].own_counters) if right else frozenset())
     prev_a = prev_b = 0           # thp_collapse_alloc after the previous step, model and live
     for a, b in zip(left, right, strict=False):
         if a.op in model_only_ops and b.result is None:
@@ -178,57 +179,60 @@ class TraceDiff:
 def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str | None = None, guest: Any = None,
               compare_globals: bool = True, stderr: Any = None) -> tuple[Any, list[TraceDiff]]:
     """Run ``traces`` (path -> Trace) live (here, or inside the lab guest ``kernel``) and on the model
-    configured like that kernel with ``design``; compare step by step.
+    configured like that kernel with ``design``; compare step by step. Both engines run through
+    :mod:`thpsim.engines`.
 
     The retry policy lives here only: a trace whose run something outside it disturbed (:func:`_disturbed`)
     is observed again, up to HOST_WIDE_RETRIES times. Returns (the kernel's LiveEnv, diffs).
     """
-    from thpsim.lab.remote import observe
-    from thpsim.model.engine import run_model
+    from thpsim.engines import EngineBatch, LiveEngine, ModelEngine
     from thpsim.trace.format import MODEL_ONLY_OPS
-    from thpsim.trace.geometry import map_trace
 
-    paths = list(traces)
-    batch = observe(paths, kernel=kernel, guest=guest, stderr=stderr)
+    live = LiveEngine(kernel, guest, stderr)
+    batch = live.run(traces)
     env = batch.env
-    knobs = env.knobs()
+    assert env is not None
     # counters this kernel does not have cannot be compared (thp_split_pmd_failed exists only with the series)
     skip = frozenset(env.vmstat_missing) | (frozenset() if env.has_split_pmd_failed
                                             else frozenset({"thp_split_pmd_failed"}))
-    arch = env.arch_profile or "x86_64"
-    models = {p: run_model(map_trace(t, env.geometry), design=design, arch=arch, knobs=knobs, check=True)
-              for p, t in traces.items()}
+    models = ModelEngine.like(env, design).run(traces)
+
+    def compare(lb: EngineBatch, paths: list[str], retried: bool) -> None:
+        for p in paths:
+            m, lr = models.get(p), lb.get(p)
+            d = diff_steps(list(m.steps), list(lr.steps), model_only_ops=MODEL_ONLY_OPS,
+                           compare_globals=compare_globals, skip_counters=skip)
+            out[p] = TraceDiff(p, d, lr.error, retried, m.steps, lr.steps)
+
     out: dict[str, TraceDiff] = {}
-    for p in paths:
-        tl = batch.get(p)
-        d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
-                       compare_globals=compare_globals, skip_counters=skip)
-        out[p] = TraceDiff(p, d, tl.error, False, tuple(models[p].steps), tl.steps)
+    compare(batch, list(traces), False)
     for _ in range(HOST_WIDE_RETRIES):
         again = [p for p, td in out.items() if _disturbed(td.diff)]
         if not again:
             break
-        batch2 = observe(again, kernel=kernel, guest=guest, stderr=stderr)
-        for p in again:
-            tl = batch2.get(p)
-            d = diff_steps(models[p].steps, list(tl.steps), model_only_ops=MODEL_ONLY_OPS,
-                           compare_globals=compare_globals, skip_counters=skip)
-            out[p] = TraceDiff(p, d, tl.error, True, tuple(models[p].steps), tl.steps)
+        compare(live.run({p: traces[p] for p in again}), again, True)
     still = [p for p, td in out.items() if _disturbed(td.diff) and td.diff.background_collapse is None]
     if still and kernel in (None, "host"):   # a lab guest runs nothing else; the host may
         from thpsim.live.procfs import vmstat_drift
 
-        fields = {m.field.removeprefix("vmstat.") for p in still for m in out[p].diff.exact}
+        fields = {f for p in still for f in _host_wide(out[p].diff)}
         drift = vmstat_drift(fields, NOISE_PROBE_SECONDS)
         for p in still:
-            mine = {m.field.removeprefix("vmstat.") for m in out[p].diff.exact}
+            mine = set(_host_wide(out[p].diff))
             noise = tuple(sorted((k, v) for k, v in drift.items() if k in mine))
             out[p] = dataclasses.replace(out[p], host_noise=noise)
-    return env, [out[p] for p in paths]
+    return env, [out[p] for p in traces]
 
 
 HOST_WIDE_RETRIES = 2
 NOISE_PROBE_SECONDS = 2.0
+
+
+def _host_wide(d: DiffResult) -> list[str]:
+    """The differing vmstat counters that other processes can move: not the ones the live run counted for the
+    trace's own processes (its memory cgroup, ``StepObs.own_counters``)."""
+    return [m.field.removeprefix("vmstat.") for m in d.exact
+            if m.field.startswith("vmstat.") and m.field.removeprefix("vmstat.") not in d.own_counters]
 
 
 def _disturbed(d: DiffResult) -> bool:
@@ -237,4 +241,4 @@ def _disturbed(d: DiffResult) -> bool:
     or a lab guest whose RAM QEMU backs with THPs). Such a trace is observed again."""
     if d.background_collapse is not None:
         return True
-    return bool(d.exact) and all(m.field.startswith("vmstat.") for m in d.exact)
+    return bool(d.exact) and len(_host_wide(d)) == len(d.exact)

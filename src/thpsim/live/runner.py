@@ -39,8 +39,9 @@ from thpsim.errors import ThpsimError
 from thpsim.live import env as live_env
 from thpsim.live import procfs
 from thpsim.live import syscalls as S
+from thpsim.live.cgroup import CGROUP_THP_EVENTS, RunCgroup, cgroup2_mount, enable_in_guest
 from thpsim.live.inject import FailPageAlloc, injection_unavailable
-from thpsim.live.khugepaged import KhugepagedTrigger
+from thpsim.live.khugepaged import KhugepagedTrigger, in_lab_guest
 from thpsim.live.pagemap import PagemapFeatures, PagemapReader, pagemap_features
 from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, ProcObs, StepObs, VmaObs, no_process_note
 from thpsim.trace.format import ARENA_BASE, GiB, Op, Trace
@@ -184,6 +185,8 @@ class _Session:
         self.pku = _has_pku()
         self.khugepaged = KhugepagedTrigger() if KhugepagedTrigger.unavailable() is None else None
         self.fpa: FailPageAlloc | None = None
+        self.cg: RunCgroup | None = None     # the run's memory cgroup: THP events of the trace's own processes
+        self.own: tuple[str, ...] = ()       # the vmstat counters read from it
         if any(op.inject is not None for op in trace.ops):
             why = injection_unavailable()
             if why:
@@ -267,6 +270,8 @@ class _Session:
         for s in (self.p.stdin, self.p.stdout, self.p.stderr):
             with contextlib.suppress(Exception):
                 s.close()  # type: ignore[union-attr]
+        if self.cg is not None:
+            self.cg.remove()
 
     # -- observation
     def status(self, pid: int) -> procfs.Status:
@@ -287,7 +292,17 @@ class _Session:
     def globals_now(self) -> tuple[dict[str, int], dict[str, int]]:
         vm = procfs.read_vmstat(refresh=True)
         mi = procfs.read_meminfo(refresh=False)
+        if self.cg is not None:     # the trace's own processes' events instead of the host's
+            vm = {**vm, **self.cg.counters()}
         return ({k: vm.get(k, 0) for k in VMSTAT_FIELDS}, {k: mi.get(k, 0) for k in MEMINFO_FIELDS})
+
+    def own_cgroup(self, pid: int) -> None:
+        """Count the events memcg counts per cgroup (live.cgroup) for the trace's processes only."""
+        if in_lab_guest() and (root := cgroup2_mount()):
+            enable_in_guest(root)
+        self.cg, _why = RunCgroup.create(pid, f"thpsim-{os.getpid()}-{pid}")
+        if self.cg is not None:
+            self.own = tuple(k for k in CGROUP_THP_EVENTS if k in self.cg.counters() and k in VMSTAT_FIELDS)
 
     def record(self, idx: int, op: Op, result: int | str | None, data: str | None, notes: tuple[str, ...],
                injected: tuple[str, ...] = ()) -> None:
@@ -300,7 +315,7 @@ class _Session:
             notes = self.run_notes + notes
         self.steps.append(StepObs(step=idx, line=op.line, op=op.describe(), proc=op.proc, result=result,
                                   data=data, procs=procs, vmstat=vmd, meminfo=mid, notes=notes,
-                                  injected=injected))
+                                  injected=injected, own_counters=self.own))
 
     # -- driving
     def start(self) -> None:
@@ -313,6 +328,7 @@ class _Session:
         self.child_base = self.status(int(r["pid"]))
         self.call([CALIBRATION_PROC], {"cmd": "op", "op": {"kind": "exit"}})
         main_pid = int(hello["pid"])
+        self.own_cgroup(main_pid)
         self.procs["main"] = _LiveProc("main", main_pid, [], self.status(main_pid))
         if self.fpa is not None:
             self.fpa.setup()
