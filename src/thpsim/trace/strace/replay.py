@@ -177,6 +177,31 @@ def _prot(s: str) -> int:
     return bits & 7
 
 
+@dataclass(frozen=True)
+class _Remap:
+    """One successful mremap as the log shows it: the source, its new length, where the kernel put it."""
+
+    old: int
+    old_len: int             # page-aligned, as the kernel rounds it
+    new: int                 # the call's result
+    new_len: int
+    dontunmap: bool
+
+    @classmethod
+    def read(cls, args: list[str], ret: str) -> _Remap:
+        flags = set(args[3].split("|")) if len(args) > 3 else set()
+        return cls(_num(args[0]), _page_up(_num(args[1])), _num(ret), _page_up(_num(args[2])),
+                   "MREMAP_DONTUNMAP" in flags)
+
+    @property
+    def old_end(self) -> int:
+        return self.old + self.old_len
+
+    @property
+    def new_end(self) -> int:
+        return self.new + self.new_len
+
+
 @dataclass
 class RawOp:
     d: dict[str, Any]
@@ -513,53 +538,68 @@ class Sim:
         self._mlock(ev, proc, mm, args, op="munlock")
 
     def _mremap(self, ev: Event, proc: str, mm: _MM, args: list[str]) -> None:
-        old = _num(args[0])
-        old_len, new_len = _page_up(_num(args[1])), _page_up(_num(args[2]))
-        flags = set(args[3].split("|")) if len(args) > 3 else set()
-        new = _num(ev.ret)
-        segs = mm.pieces(old, old + old_len, split=True)
+        r = _Remap.read(args, ev.ret)
+        segs = mm.pieces(r.old, r.old_end, split=True)
         src = [s for s in segs if s.anon]
-        if old_len == 0 or not src or len(src) != len(segs) or _runs(src) != [(old, old + old_len)]:
-            # a file mapping, or a range the model cannot express as one anonymous region: the source is left
-            # alone; whatever lands at the destination is unknown
+        if r.old_len == 0 or not src or len(src) != len(segs) or _runs(src) != [(r.old, r.old_end)]:
+            # a file mapping, or a range the model cannot express as one anonymous region
             self.imp.ignored["file mapping" if segs else "untracked range"] += 1
-            if new != old:
-                for a, b in _runs(mm.pieces(new, new + new_len), new, new + new_len):
-                    self.ranged(proc, "munmap", a, b, ev.t, ev.line)
-                mm.map(_Seg(new, new + new_len, False))
-                if "MREMAP_DONTUNMAP" not in flags:
-                    mm.unmap(old, old + old_len)
+            self._mremap_untracked(ev, proc, mm, r)
+        elif r.new != r.old:
+            self._mremap_move(ev, proc, mm, r, src)
+        elif r.new_len < r.old_len:
+            self._mremap_shrink(ev, proc, mm, r)
+        elif r.new_len > r.old_len:
+            self._mremap_grow_in_place(ev, proc, mm, r, src[0].prot)
+
+    def _mremap_untracked(self, ev: Event, proc: str, mm: _MM, r: _Remap) -> None:
+        """The source is left alone; if it moved, whatever lands at the destination is unknown (and replaces
+        any anonymous memory there)."""
+        if r.new == r.old:
             return
+        for a, b in _runs(mm.pieces(r.new, r.new_end), r.new, r.new_end):
+            self.ranged(proc, "munmap", a, b, ev.t, ev.line)
+        mm.map(_Seg(r.new, r.new_end, False))
+        if not r.dontunmap:
+            mm.unmap(r.old, r.old_end)
+
+    def _mremap_shrink(self, ev: Event, proc: str, mm: _MM, r: _Remap) -> None:
+        """Shrink in place: the tail past *new_len* is unmapped (do_mremap's do_munmap of the tail)."""
+        mm.unmap(r.old + r.new_len, r.old_end)
+        self.ranged(proc, "mremap", r.old, r.old_end, ev.t, ev.line, new_len=r.new_len)
+
+    def _mremap_grow_in_place(self, ev: Event, proc: str, mm: _MM, r: _Remap, prot: int) -> None:
+        """Grow in place (the VMA was expandable): the new tail is fresh memory with the region's protection,
+        touched by the ``write-all`` policy."""
+        self.ranged(proc, "mremap", r.old, r.old_end, ev.t, ev.line, new_len=r.new_len)
+        seg = _Seg(r.old_end, r.old + r.new_len, True, prot)
+        mm.map(seg)
+        self.touch(proc, [seg], ev.t, ev.line)
+
+    def _mremap_move(self, ev: Event, proc: str, mm: _MM, r: _Remap, src: list[_Seg]) -> None:
+        """A move to where the kernel put it (MAYMOVE that could not grow in place, FIXED, DONTUNMAP), written
+        as a ``fixed`` mremap (mremap_to + move_vma): the destination's anonymous memory outside the source is
+        unmapped first, the source's segments move (DONTUNMAP leaves the source mapped but empty), and a grown
+        tail is fresh memory, touched by ``write-all`` if all of the source had been."""
         prot, touched = src[0].prot, all(s.touched for s in src)
-        dontunmap = "MREMAP_DONTUNMAP" in flags
-        if new == old:
-            if new_len < old_len:
-                mm.unmap(old + new_len, old + old_len)
-                self.ranged(proc, "mremap", old, old + old_len, ev.t, ev.line, new_len=new_len)
-            elif new_len > old_len:
-                self.ranged(proc, "mremap", old, old + old_len, ev.t, ev.line, new_len=new_len)
-                seg = _Seg(old + old_len, old + new_len, True, prot)
-                mm.map(seg)
-                self.touch(proc, [seg], ev.t, ev.line)
-            return
-        for a, b in _runs(mm.pieces(new, new + new_len), new, new + new_len):
-            if not (a >= old and b <= old + old_len):
+        for a, b in _runs(mm.pieces(r.new, r.new_end), r.new, r.new_end):
+            if not (a >= r.old and b <= r.old_end):
                 self.ranged(proc, "munmap", a, b, ev.t, ev.line)
-        tflags = ["fixed", "maymove"] + (["dontunmap"] if dontunmap else [])
-        self.emit(proc, "mremap", ev.t, ev.line, ((old, old + old_len), (new, new + new_len)), _at=old,
-                  _len=old_len, new_len=new_len, flags=tflags, _to=new)
-        moved = [_Seg(s.start - old + new, min(s.end, old + new_len) - old + new, True, s.prot, s.touched,
-                      s.dontfork) for s in src if s.start < old + new_len]
-        if dontunmap:
+        tflags = ["fixed", "maymove"] + (["dontunmap"] if r.dontunmap else [])
+        self.emit(proc, "mremap", ev.t, ev.line, ((r.old, r.old_end), (r.new, r.new_end)), _at=r.old,
+                  _len=r.old_len, new_len=r.new_len, flags=tflags, _to=r.new)
+        moved = [_Seg(s.start - r.old + r.new, min(s.end, r.old + r.new_len) - r.old + r.new, True, s.prot,
+                      s.touched, s.dontfork) for s in src if s.start < r.old + r.new_len]
+        if r.dontunmap:
             for s in src:
                 s.touched = False
         else:
-            mm.unmap(old, old + old_len)
-        mm.unmap(new, new + new_len)
+            mm.unmap(r.old, r.old_end)
+        mm.unmap(r.new, r.new_end)
         for s in moved:
             mm.map(s)
-        if new_len > old_len:
-            seg = _Seg(new + old_len, new + new_len, True, prot, False)
+        if r.new_len > r.old_len:
+            seg = _Seg(r.new + r.old_len, r.new_end, True, prot, False)
             mm.map(seg)
             if touched:
                 self.touch(proc, [seg], ev.t, ev.line)
