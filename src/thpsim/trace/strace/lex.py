@@ -13,8 +13,8 @@ its entry line because the child may log before the parent's call returns.
 
 Every problem is an :class:`ImportNote` naming ``FILE:LINE`` (or, with ``strict=True``, a one-line
 :class:`~thpsim.errors.TraceError`); nothing here raises a traceback. Left out: decoding of the arguments (the
-replay reads the few it needs), strace's ``-k`` stack traces, ``-i`` instruction pointers and ``-s`` string
-truncation markers beyond what the argument splitter tolerates.
+replay reads the few it needs), and strace's ``-k`` stack-trace lines and ``-i`` instruction pointers (such
+lines are garbled lines here).
 """
 
 from __future__ import annotations

@@ -38,7 +38,7 @@ Policies (docs/workloads.md, "Importing strace logs"):
   THP region; descending runs are written ascending) are folded into one op with a ``stride``.
 
 Left out: the kernel's checks and errors (a call the log shows succeeding is taken as it succeeded, a failed
-one is ignored), VMA merging and flags other than protection, hugetlb, shmem and file contents, userfaultfd,
+one is ignored), VMA merging and flags other than protection and MADV_DONTFORK, hugetlb, shmem and file contents, userfaultfd,
 ``mlockall``, ``mincore``, ``msync``, NUMA policy calls, ``process_madvise``, ``mseal`` and the like (counted as
 "unsupported NAME"), and any mm that is not created by forking (the trace language has no other way).
 """
@@ -75,6 +75,8 @@ _PROCESS_CALLS = {"clone", "clone3", "fork", "vfork", "execve", "execveat", "exi
 
 @dataclass
 class _Seg:
+    """A piece of an address space as far as the log showed it."""
+
     start: int
     end: int
     anon: bool
@@ -85,6 +87,8 @@ class _Seg:
 
 
 class _MM:
+    """One mm: its segments (sorted, disjoint) and its brk heap; *owner* is the tgid that created it."""
+
     def __init__(self, owner_tgid: int) -> None:
         self.segs: list[_Seg] = []
         self.brk_start: int | None = None
@@ -204,6 +208,8 @@ class _Remap:
 
 @dataclass
 class RawOp:
+    """A trace op in real addresses (``_at``/``_len``/``_to``), before the arena mapping."""
+
     d: dict[str, Any]
     t: float | None
     line: int
@@ -211,6 +217,8 @@ class RawOp:
 
 
 class Sim:
+    """The replay: every task's proc, every proc's mm, the raw ops emitted so far."""
+
     def __init__(self, imp: Importer, events: list[Event], faults: list[Fault] | None):
         self.imp = imp
         self.events = events
