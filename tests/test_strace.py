@@ -8,6 +8,7 @@ import os
 
 import pytest
 
+from thpsim.cli import main
 from thpsim.errors import TraceError
 from thpsim.trace import format as fmt
 from thpsim.trace.strace import import_strace, parse_perf_faults
@@ -156,6 +157,21 @@ munmap(0x7f0000000000, zzz) = 0
     with pytest.raises(TraceError) as e:
         import_strace(log, strict=True, source="x.log")
     assert e.value.line == 2 and "x.log:2" in str(e.value)
+
+
+def test_cli_reports_a_garbled_line_as_one_line_with_file_and_line(capsys: pytest.CaptureFixture[str],
+                                                                   tmp_path: os.PathLike[str]) -> None:
+    log = os.path.join(tmp_path, "bad.log")
+    out = os.path.join(tmp_path, "t.jsonl")
+    with open(log, "w") as f:
+        f.write(f"mmap(NULL, 4096, {ANON}) = 0x7f0000000000\nthis is not strace output\n")
+    assert main(["import-strace", log, "-o", out, "--strict"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{log}:2: garbled line" in err and "Traceback" not in err
+    assert main(["import-strace", log, "-o", out]) == 0          # without --strict: the note, and the trace
+    err = capsys.readouterr().err
+    assert f"{log}:2: garbled line" in err
+    assert [o.kind for o in fmt.load(out).ops] == ["mmap", "write"]
 
 
 def test_truncated_and_unmatched_resumed() -> None:
