@@ -191,7 +191,8 @@ def _parse_rollup(src: _Source, rel: str, text: str) -> dict[str, int]:
     vmas = procfs.parse_smaps(text, src.where(rel), required=ROLLUP_REQUIRED)
     if len(vmas) != 1:
         raise ProcError(f"{src.where(rel)}: corrupt (expected one VMA header line, found {len(vmas)})")
-    return dict(vmas[0].fields)
+    fields = dict(vmas[0].fields)
+    return {k: fields[k] for k in (ln.partition(":")[0] for ln in text.splitlines()) if k in fields}  # file order
 
 
 def _parse_status(src: _Source, rel: str, text: str) -> dict[str, str]:
