@@ -24,8 +24,9 @@ from thpsim.analysis.estimate import (
     format_fleet,
     resolve_arch,
 )
-from thpsim.analysis.snapshot import load_snapshot, take_snapshot
+from thpsim.analysis.snapshot import load_snapshot
 from thpsim.errors import ProcError, ThpsimError
+from thpsim.live.snapshot import take_snapshot
 
 # ------------------------------------------------------------------------------------------- fake snapshots
 

@@ -120,3 +120,21 @@ def test_pagemap_entry_decoding() -> None:
     assert e.present and e.exclusive and e.pfn == 0x1234 and not e.guard
     g = decode_entry((1 << 62) | (1 << 58) | 159)
     assert g.guard and g.swapped and not g.present and g.pfn == 0
+
+
+def test_smaps_keeps_the_header_line_and_takes_required_fields() -> None:
+    vmas = procfs.parse_smaps(SMAPS)
+    assert vmas[1].header == ("7f0000000000-7f0000001000 r-xp 00001000 08:01 1234                       "
+                              "/usr/lib/libc.so.6")
+    assert vmas[0] == procfs.SmapsVma(vmas[0].start, vmas[0].end, "rw-p", "", vmas[0].fields)   # not compared
+    thp_only = "200000000000-200000200000 rw-p 00000000 00:00 0\nAnonHugePages:      2048 kB\n"
+    assert [v.get("AnonHugePages") for v in procfs.parse_smaps(thp_only, required=("AnonHugePages",))] == [2048]
+    with pytest.raises(ProcError) as ei:
+        procfs.parse_smaps("200000000000-200000200000 rw-p 00000000 00:00 0\n", "snap/proc/1/smaps_thp",
+                           required=("AnonHugePages",))
+    msg = str(ei.value)
+    assert "\n" not in msg and msg.startswith("snap/proc/1/smaps_thp is truncated") and "no AnonHugePages line" in msg
+
+
+def test_keyed_lines() -> None:
+    assert procfs.parse_keyed(STATUS)["VmPTE"] == "96 kB" and "Threads" in procfs.parse_keyed(STATUS)

@@ -404,3 +404,17 @@ def test_figures_have_units_and_legends(report: tuple[ReportData, list]) -> None
     fig = plots.split_sources_figure(data.traces[4])
     texts = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "zap_pmd_range" in texts and "failed: zap_pmd_range" in texts
+
+
+def test_the_html_template_is_package_data() -> None:
+    """render_html reads report.html next to thpsim/analysis/report/: pyproject must ship it in a wheel."""
+    import fnmatch
+    import tomllib
+
+    from thpsim.analysis.report import html as report_html
+
+    tmpl = Path(report_html.__file__).with_name(report_html.TEMPLATE)
+    assert tmpl.is_file()
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["thpsim"]
+    rel = tmpl.relative_to(ROOT / "src" / "thpsim").as_posix()
+    assert any(fnmatch.fnmatch(rel, g) for g in globs), (rel, globs)

@@ -478,7 +478,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    from thpsim.analysis.snapshot import take_snapshot
+    from thpsim.live.snapshot import take_snapshot
 
     info = take_snapshot(args.output, tar=args.tar, per_vma=args.per_vma)
     if args.json:

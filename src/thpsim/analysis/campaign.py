@@ -106,7 +106,7 @@ def _replay(sim: Simulator, trace: Trace, first_step: int, baseline: tuple[Any, 
             invariant = str(e)
             break
         results.append(obs.result)
-        violations += [v for v in obs.violations if v not in violations]   # first step that shows it
+        violations += [t for t in map(str, obs.violations) if t not in violations]   # first step that shows it
         if i == point.step:
             notes += list(obs.notes)
     injected = sim.k.alloc.injected > 0

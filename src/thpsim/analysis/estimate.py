@@ -22,8 +22,9 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
-from thpsim.analysis.snapshot import Snapshot, load_snapshot, read_live, selected_mode
+from thpsim.analysis.snapshot import Snapshot, load_files, load_snapshot, selected_mode
 from thpsim.errors import ThpsimError
+from thpsim.live.snapshot import capture
 from thpsim.model.arch import resolve_arch
 
 DASK_HINT = "pip install 'thpsim[dask]'"
@@ -232,7 +233,7 @@ def estimate_snapshot(snap: Snapshot) -> Estimate:
 
 def estimate_live() -> Estimate:
     """Estimate the savings on the running host (reads /proc and sysfs; writes nothing)."""
-    return estimate_snapshot(read_live())
+    return estimate_snapshot(load_files(capture()))
 
 
 # --------------------------------------------------------------------------------------------------- fleet

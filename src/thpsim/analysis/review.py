@@ -24,7 +24,8 @@ from thpsim.model.design import VARIANTS
 from thpsim.model.engine import Simulator, make_kernel, run_model
 from thpsim.model.kernel import Kernel
 from thpsim.model.page_alloc import FailPolicy
-from thpsim.trace.format import Trace, parse
+from thpsim.observation import ContractRule
+from thpsim.trace.format import KiB, Trace, parse
 
 PROBLEMS = ("zap-skip", "mprotect-retry", "hugh-reclaim", "must-check")
 # the split primitives whose result must be checked (the series' __must_check functions and their model helpers)
@@ -81,9 +82,10 @@ def zap_skip(design: str) -> ReviewRow:
                     shadow=True)
     st = run.steps[3]
     ev = run.kernel.vmstat.events if run.kernel else {}
-    kept = [v for v in run.violations if "still holds data" in v]
+    kept = [v.violation for v in run.contract_violations if v.violation.rule is ContractRule.STILL_HOLDS_DATA]
     nums = {"madvise_result": st.result, "thp_split_pmd_failed": ev.get("thp_split_pmd_failed", 0),
-            "pages_not_zeroed": 1 if any("[4K, 8K)" in v for v in kept) else 0, "violations": len(run.violations),
+            "pages_not_zeroed": 1 if any((v.start, v.end) == (4 * KiB, 8 * KiB) for v in kept) else 0,
+            "violations": len(run.contract_violations),
             "read_digest_after": run.steps[4].data}
     if st.result == 0 and kept:
         verdict = "returns 0 but the 4 KiB range keeps its data (Kiryl: callers expect zeroed memory)"

@@ -1,4 +1,4 @@
-"""Parsers for the /proc files the live runner reads, plus thin readers.
+"""Parsers for the /proc files the live runner and the host snapshot capture read, plus thin readers.
 
 The ``parse_*`` functions are pure (they take the file's text); the ``read_*`` functions read the file. A
 truncated or garbled file raises :class:`thpsim.errors.ProcError` with one line naming the file and what is
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from thpsim.errors import ProcError
 
@@ -39,13 +39,15 @@ class Status:
 
 @dataclass(frozen=True)
 class SmapsVma:
-    """One VMA of /proc/PID/smaps: absolute addresses, perms, and the kB fields (all of them, by name)."""
+    """One VMA of /proc/PID/smaps: absolute addresses, perms, and the kB fields (all of them, by name);
+    ``header`` is the VMA's header line as the kernel printed it (start-end perms offset dev inode name)."""
 
     start: int
     end: int
     perms: str
     name: str
     fields: tuple[tuple[str, int], ...]
+    header: str = field(default="", compare=False, repr=False)
 
     def get(self, key: str) -> int:
         return dict(self.fields).get(key, 0)
@@ -71,17 +73,20 @@ def parse_status(text: str, fname: str = "/proc/PID/status") -> Status:
     return Status(vals["VmPTE"], vals["VmRSS"], vals["RssAnon"], vals["VmLck"], vals["VmSwap"])
 
 
-def parse_smaps(text: str, fname: str = "/proc/PID/smaps") -> list[SmapsVma]:
-    """Parse every VMA of /proc/PID/smaps. Each VMA must carry the fields in SMAPS_FIELDS."""
+def parse_smaps(text: str, fname: str = "/proc/PID/smaps", *,
+                required: tuple[str, ...] = SMAPS_FIELDS) -> list[SmapsVma]:
+    """Parse every VMA of /proc/PID/smaps (or smaps_rollup: one VMA). Each VMA must carry the ``required``
+    fields; a VMA without one is reported as truncated ("... the VMA a-b has no AnonHugePages line")."""
     vmas: list[SmapsVma] = []
-    cur: list = []  # [start, end, perms, name, {field: kB}]
+    cur: list = []  # [start, end, perms, name, {field: kB}, header line]
 
     def close() -> None:
         if cur:
-            missing = [k for k in SMAPS_FIELDS if k not in cur[4]]
+            missing = [k for k in required if k not in cur[4]]
             if missing:
-                raise ProcError(f"{fname} is truncated: the VMA {cur[0]:x}-{cur[1]:x} lacks {', '.join(missing)}")
-            vmas.append(SmapsVma(cur[0], cur[1], cur[2], cur[3], tuple(sorted(cur[4].items()))))
+                raise ProcError(f"{fname} is truncated: the VMA {cur[0]:x}-{cur[1]:x} has no "
+                                f"{', '.join(missing)} line")
+            vmas.append(SmapsVma(cur[0], cur[1], cur[2], cur[3], tuple(sorted(cur[4].items())), cur[5]))
 
     for line in text.splitlines():
         if not line.strip():
@@ -89,7 +94,7 @@ def parse_smaps(text: str, fname: str = "/proc/PID/smaps") -> list[SmapsVma]:
         m = _VMA_HDR.match(line)
         if m:
             close()
-            cur[:] = [int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(7).strip(), {}]
+            cur[:] = [int(m.group(1), 16), int(m.group(2), 16), m.group(3), m.group(7).strip(), {}, line]
             continue
         key, sep, rest = line.partition(":")
         if not sep or not cur:
@@ -100,6 +105,21 @@ def parse_smaps(text: str, fname: str = "/proc/PID/smaps") -> list[SmapsVma]:
             cur[4][key] = _kb(rest, key, fname)
     close()
     return vmas
+
+
+def parse_keyed(text: str) -> dict[str, str]:
+    """The 'Key: value' lines of a file such as /proc/PID/status, values stripped (other lines ignored)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, rest = line.partition(":")
+        if sep:
+            out[key] = rest.strip()
+    return out
+
+
+def is_vma_header(line: str) -> bool:
+    """Is ``line`` a VMA header line of /proc/PID/maps, smaps or smaps_rollup?"""
+    return _VMA_HDR.match(line) is not None
 
 
 def parse_flat(text: str, fname: str, *, kb: bool = False, required: tuple[str, ...] = ()) -> dict[str, int]:

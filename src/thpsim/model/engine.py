@@ -53,7 +53,14 @@ from thpsim.model.knobs import Knobs
 from thpsim.model.page_alloc import INJECT_POINTS, FailPolicy
 from thpsim.model.shadow import Shadow, compare
 from thpsim.model.vma import VM_DONTCOPY, VM_WIPEONFORK
-from thpsim.observation import MEMINFO_FIELDS, VMSTAT_FIELDS, StepObs, no_process_note
+from thpsim.observation import (
+    MEMINFO_FIELDS,
+    VMSTAT_FIELDS,
+    ContractViolation,
+    StepObs,
+    StepViolation,
+    no_process_note,
+)
 from thpsim.trace.format import ARENA_BASE, PROTS, Op, Trace, dumps_op
 from thpsim.trace.ops import (
     OP_DEFS,
@@ -99,7 +106,13 @@ class ModelRun:
     peak_pagetable_bytes: int = 0     # NR_PAGETABLE peak (whole pages)
     split_sites: Counter[str] = field(default_factory=Counter)
     failed_sites: Counter[str] = field(default_factory=Counter)
-    violations: list[str] = field(default_factory=list)
+    contract_violations: list[StepViolation] = field(default_factory=list)
+
+    @property
+    def violations(self) -> list[str]:
+        """The data-contract violations as text ("step i (line L): main: [4K, 8K): ..."), as ``run --json``
+        prints them."""
+        return [str(v) for v in self.contract_violations]
 
     @property
     def table_allocs(self) -> int:
@@ -376,12 +389,12 @@ class Simulator:
             raise AssertionError(f"unhandled op {op.kind}")
         return spec.handler(self, mm, op, self.base + (op.start if isinstance(op, RangeOp) else 0))
 
-    def _violations(self, op: Op) -> list[str]:
+    def _violations(self, op: Op) -> list[ContractViolation]:
         if self.shadow is None:
             return []
         k = self.k
         scope = self._scope(op)
-        out: list[str] = []
+        out: list[ContractViolation] = []
         for name in self.order:
             mm = k.procs.get(name)
             if mm is None or not mm.alive:
@@ -417,7 +430,7 @@ class Simulator:
         return [(a - a % pg, -(-(a + n) // pg) * pg) for a in starts]   # whole pages
 
     def observe(self, i: int, op: Op, result: int | str | None, data: str | None,
-                violations: list[str]) -> StepObs:
+                violations: list[ContractViolation]) -> StepObs:
         k = self.k
         procs = tuple(task_mmu.proc_obs(k, k.procs[n], self.base, full=self.full) for n in self.order
                       if n in k.procs and k.procs[n].alive)
@@ -450,7 +463,7 @@ def run_model(trace: Trace, *, design: str = "upstream", arch: str = "x86_64", k
         run.final_pgtables_bytes = total
         run.split_sites.update(k.log.split_sites)
         run.failed_sites.update(k.log.failed_sites)
-        run.violations.extend(f"step {i} (line {op.line}): {v}" for v in obs.violations)
+        run.contract_violations.extend(StepViolation(i, op.line, v) for v in obs.violations)
     if keep_kernel:
         run.kernel = k
     return run

@@ -3,8 +3,9 @@
 It knows nothing about page tables: it follows only the syscall contracts (mmap gives zeroes, writes store
 bytes, MADV_DONTNEED and munmap discard, mremap moves contents, fork copies, MADV_FREE makes a page "old data or
 zero" until written). After every step the page-table model's contents must agree with it; a disagreement is a
-*data-contract violation*, named after the operation whose contract was broken (e.g. the lazy design's zap skip:
-"MADV_DONTNEED returned 0 but [A+4K, A+8K) still holds data").
+*data-contract violation* (a :class:`~thpsim.observation.ContractViolation`: the pages, the rule broken, and the
+operation whose contract was broken; e.g. the lazy design's zap skip is "main: [4K, 8K): MADV_DONTNEED returned 0
+but the page still holds data").
 
 The contract of each syscall is a method here (``user_write``, ``madvise``, ``mremap``, ...), called by the
 engine's op handler after the syscall returned. Left out: file contents, partial-page contracts of reads
@@ -16,6 +17,7 @@ from __future__ import annotations
 from thpsim.model.folio import ZERO, Content, content_is_zero, content_write
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+from thpsim.observation import ContractRule, ContractViolation
 
 
 class Shadow:
@@ -149,8 +151,9 @@ def model_contents(k: Kernel, mm: MM, ranges: Ranges = None) -> dict[int, Conten
     return out
 
 
-def compare(k: Kernel, mm: MM, shadow: Shadow, base: int, ranges: Ranges = None) -> list[str]:
-    """Data-contract violations for one process (whole address space, or only inside ``ranges``)."""
+def compare(k: Kernel, mm: MM, shadow: Shadow, base: int, ranges: Ranges = None) -> list[ContractViolation]:
+    """Data-contract violations for one process (whole address space, or only inside ``ranges``), one per run of
+    adjacent pages with the same rule and cause, at arena offsets (addresses minus ``base``)."""
     want = shadow.proc(mm.name)
     if ranges is not None:
         npages = sum(max(hi - lo, 0) for lo, hi in ranges) // k.page
@@ -161,30 +164,22 @@ def compare(k: Kernel, mm: MM, shadow: Shadow, base: int, ranges: Ranges = None)
             want = {a: c for a, c in want.items() if _in(a, ranges)}
     mz = shadow.maybe_zero.get(mm.name, set())
     got = model_contents(k, mm, ranges)
-    bad: list[tuple[int, str]] = []
+    bad: list[tuple[int, ContractRule, str]] = []
     for a in sorted(set(want) | set(got)):
         w = want.get(a, ZERO)
         g = got.get(a, ZERO)
         if w == g or (a in mz and content_is_zero(g)):
             continue
         why = shadow.last_op.get(mm.name, {}).get(a, "the trace")
-        kind = "still holds data" if content_is_zero(w) else "lost its data" if content_is_zero(g) else \
-            "holds different data"
-        bad.append((a, f"{why} but the page {kind}"))
-    out: list[str] = []
+        rule = ContractRule.STILL_HOLDS_DATA if content_is_zero(w) else ContractRule.LOST_ITS_DATA \
+            if content_is_zero(g) else ContractRule.HOLDS_DIFFERENT_DATA
+        bad.append((a, rule, why))
+    out: list[ContractViolation] = []
     i = 0
     while i < len(bad):
         j = i
-        while j + 1 < len(bad) and bad[j + 1][0] == bad[j][0] + k.page and bad[j + 1][1] == bad[i][1]:
+        while j + 1 < len(bad) and bad[j + 1][0] == bad[j][0] + k.page and bad[j + 1][1:] == bad[i][1:]:
             j += 1
-        lo, hi = bad[i][0] - base, bad[j][0] + k.page - base
-        out.append(f"{mm.name}: [{_fmt(lo)}, {_fmt(hi)}): {bad[i][1]}")
+        out.append(ContractViolation(mm.name, bad[i][0] - base, bad[j][0] + k.page - base, bad[i][1], bad[i][2]))
         i = j + 1
     return out
-
-
-def _fmt(off: int) -> str:
-    for unit, m in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if off and off % m == 0:
-            return f"{off // m}{unit}"
-    return f"{off:#x}"
