@@ -10,6 +10,8 @@ The op table (:data:`OPS`) has one handler per trace op kind: it translates aren
 entry point (in the module named after its kernel file), converts errnos and applies the op's data contract to
 the shadow memory (the contract rules themselves live in :mod:`thpsim.model.shadow`). Each entry also says
 whether only the model can run the op and which pages it can change (``Scope``).
+Left out: checkpoint/restore inside the engine (campaigns replay a prefix), concurrency between processes (ops
+run one at a time, each atomic), and the live engine (thpsim.live), which shares only the trace and StepObs.
 """
 
 from __future__ import annotations

@@ -7,7 +7,8 @@ zero" until written). After every step the page-table model's contents must agre
 "MADV_DONTNEED returned 0 but [A+4K, A+8K) still holds data").
 
 The contract of each syscall is a method here (``user_write``, ``madvise``, ``mremap``, ...), called by the
-engine's op handler after the syscall returned. Left out: file contents, partial-page contracts of reads
+engine's op handler after the syscall returned. It follows no kernel version: only the
+syscalls' documented contracts (man-pages 6.x). Left out: file contents, partial-page contracts of reads
 (a read only digests what the model returns; it defines nothing).
 """
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 from thpsim.model.folio import ZERO, Content, content_is_zero, content_write
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+
+__all__ = ["Ranges", "Shadow", "compare", "model_contents"]
 
 
 class Shadow:
