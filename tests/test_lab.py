@@ -119,7 +119,7 @@ def test_guest_config_validates_and_sets_thp_first():
         guest.GuestConfig(memory_mb=16)
     cfg = guest.GuestConfig(thp="always", sysfs=(("kernel/mm/transparent_hugepage/use_zero_page", "0"),))
     assert cfg.sysfs_values()[0] == ("kernel/mm/transparent_hugepage/enabled", "always")
-    assert guest.guest_argv(["thpsim", "probe"], "/x")[1:] == ["-m", "thpsim", "probe"]
+    assert guest.guest_argv(["thpsim", "probe"])[1:] == ["-m", "thpsim", "probe"]
 
 
 def test_unbuilt_kernel_names_the_build_command(tmp_path, monkeypatch):

@@ -71,10 +71,10 @@ def test_x86_qemu_command_is_unchanged(tmp_path):
 
 
 def test_guest_python_and_cwd():
-    assert guest.guest_argv(["thpsim", "probe"], "/x", arm64.GUEST_PYTHON) == [arm64.GUEST_PYTHON, "-m", "thpsim",
+    assert guest.guest_argv(["thpsim", "probe"], arm64.GUEST_PYTHON) == [arm64.GUEST_PYTHON, "-m", "thpsim",
                                                                                "probe"]
-    assert guest.guest_argv(["thpsim", "probe"], "/x")[0] == os.path.realpath(sys.executable)
-    assert guest.guest_argv(["uname", "-a"], "/x", arm64.GUEST_PYTHON) == ["uname", "-a"]
+    assert guest.guest_argv(["thpsim", "probe"])[0] == os.path.realpath(sys.executable)
+    assert guest.guest_argv(["uname", "-a"], arm64.GUEST_PYTHON) == ["uname", "-a"]
     assert arm64.guest_cwd(str(ROOT / "tests")) == str(ROOT / "tests")
     assert arm64.guest_cwd("/") == str(ROOT)
 

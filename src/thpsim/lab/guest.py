@@ -86,7 +86,7 @@ class GuestResult:
     console_log: str | None
 
 
-def guest_argv(argv: list[str], checkout_src: str, python: str | None = None) -> list[str]:
+def guest_argv(argv: list[str], python: str | None = None) -> list[str]:
     """``thpsim ...`` runs as ``python -m thpsim ...`` with this checkout's interpreter (or ``python``, the
     guest's own where its root is not the host's, as in arm64 guests)."""
     if argv and argv[0] == "thpsim":
@@ -217,7 +217,7 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
                  stderr: BinaryIO | None = None) -> GuestResult:
     """Run ``argv`` inside the lab kernel ``kernel`` (or here, for ``host``); stream its output."""
     if kernel == HOST:
-        argv = guest_argv(argv, _src_dir())
+        argv = guest_argv(argv)
         t0 = time.monotonic()
         env = dict(os.environ, PYTHONPATH=_src_dir() + os.pathsep + os.environ.get("PYTHONPATH", ""))
         try:
@@ -228,7 +228,7 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
             raise ThpsimError(f"the command timed out after {cfg.timeout:.0f} s") from e
         return GuestResult(HOST, p.returncode, "none", 0.0, round(time.monotonic() - t0, 3), None)
     spec = get_kernel(kernel)
-    argv = guest_argv(argv, _src_dir(), _guest_python(spec.arch))
+    argv = guest_argv(argv, _guest_python(spec.arch))
     bk = find_built(kernel)
     if bk is None:
         raise ThpsimError(f"lab kernel {kernel} is not built here: run `thpsim lab build {kernel}` first "

@@ -2,7 +2,7 @@
 
 Models include/linux/pgtable.h (``arch_needs_pgtable_deposit``), the per-arch PTRS_PER_* constants and what
 ``mm_inc_nr_ptes/pmds/puds`` add to ``mm->pgtables_bytes`` (spec upstream.md §5.2). x86_64 is validated against
-the live kernel; the others come from the specs. Left out: ppc64 PTE fragments sharing a page are counted only
+the live kernel (6.18) and the arm64 lab guests (7.3.4); the others come from the specs. Left out: ppc64 PTE fragments sharing a page are counted only
 in ``pagetable_page_bytes`` (NR_PAGETABLE), riscv runtime folding is treated as 4 levels.
 """
 
@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from thpsim.errors import ThpsimError
+
+__all__ = ["ARCHES", "Arch", "get_arch", "resolve_arch"]
 
 
 @dataclass(frozen=True)

@@ -95,6 +95,7 @@ class Design:
 
     @property
     def split_can_fail(self) -> bool:
+        """A PMD split allocates its PTE table (no deposit to withdraw) and so can fail with -ENOMEM."""
         return not self.deposit
 
     @property

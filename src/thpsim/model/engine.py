@@ -13,6 +13,8 @@ translates arena offsets, calls the kernel entry point (in the module named afte
 errnos and applies the op's data contract to the shadow memory (the contract rules themselves live in
 :mod:`thpsim.model.shadow`). Each entry also names the kernel entry point and which pages the op can change
 (``Scope``); whether only the model can run it comes from the op's definition.
+Left out: checkpoint/restore inside the engine (campaigns replay a prefix), concurrency between processes (ops
+run one at a time, each atomic), and the live engine (thpsim.live), which shares only the trace and StepObs.
 """
 
 from __future__ import annotations

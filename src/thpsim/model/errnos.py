@@ -1,6 +1,8 @@
 """The kernel's negative errno returns, as the model's functions give them (include/uapi/asm-generic/errno-base.h
 and errno.h; x86-64 and arm64 share these values). One place, so that no module keeps its own copy; the engine
-turns a negative return into the errno name (``errno.errorcode``) for observations."""
+turns a negative return into the errno name (``errno.errorcode``) for observations. The values are Linux's uapi ones (unchanged in 6.18 / 7.3.4).
+Left out: errnos the model never returns, and the arches whose values differ (alpha, mips, parisc, sparc).
+"""
 
 from __future__ import annotations
 

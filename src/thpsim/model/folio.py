@@ -5,13 +5,16 @@ Models the CONFIG_PAGE_MAPCOUNT bookkeeping exactly: per-subpage PTE mapcounts, 
 the ``partially_mapped`` deferred-split flag. Contents are kept per folio as a default page content plus
 per-subpage overrides, so a 2 MiB folio written with one byte per page costs one small object, not 2 MiB.
 
-Left out: page cache/file folios, mTHP orders between 0 and PMD order, KSM, swapcache.
+Follows Linux 6.18 / 7.3.4 with CONFIG_PAGE_MAPCOUNT (the knob ``no_page_mapcount`` is recorded, not modelled).
+Left out: page cache/file folios, mTHP orders between 0 and PMD order, KSM, the swap cache beyond the
+``swapcache`` flag reclaim sets, folio refcounts other than mappings and pins.
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+
+__all__ = ["Content", "Folio", "ZERO", "content_byte", "content_is_zero", "content_write", "read_digest"]
 
 # A page's content: (fill byte, ((offset, byte), ...)) — sorted overrides. ZERO is the all-zero page.
 Content = tuple[int, tuple[tuple[int, int], ...]]
@@ -127,11 +130,3 @@ class Folio:
 
     def subpage_is_zero(self, i: int) -> bool:
         return content_is_zero(self.content(i))
-
-
-@dataclass(frozen=True)
-class FolioRef:
-    """A frozen reference used in observations/debug output."""
-
-    id: int
-    order: int

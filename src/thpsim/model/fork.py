@@ -8,6 +8,7 @@ deposits a fresh table, ``pte_alloc_one@fork``; a failure makes fork fail with E
 write-protected; PTEs are shared write-protected (COW). A possibly-pinned exclusive page is copied instead.
 On failure the partly built child is torn down; what was done to the parent (write protection) stays.
 
+Follows Linux 6.18 / 7.3.4.
 Left out: uffd-wp, KSM, device-private entries, PMD migration entries.
 """
 
@@ -20,6 +21,8 @@ from thpsim.model.huge_memory import copy_huge_pmd
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
 from thpsim.model.vma import VM_DONTCOPY, VM_LOCKED, VM_LOCKONFAULT, VM_WIPEONFORK, Vma
+
+__all__ = ["copy_page_range", "copy_pte_range", "do_fork", "dup_mmap"]
 
 
 def do_fork(k: Kernel, parent: MM, child_name: str) -> int:

@@ -17,6 +17,8 @@ from thpsim.model.pgtable import PTE_PAGE, HugePmd
 from thpsim.model.rmap import _maybe_free
 from thpsim.model.vma import VM_LOCKONFAULT, VM_READ, VM_WRITE
 
+__all__ = ["get_user_pages", "mm_populate", "unpin_all"]
+
 
 def mm_populate(k: Kernel, mm: MM, start: int, end: int) -> int:
     """__mm_populate(): fault in every VMA of [start, end) (populate_vma_page_range: write faults on writable

@@ -28,8 +28,22 @@ from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM
 from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
 from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
 
+__all__ = ["__split_huge_pmd", "__split_huge_pmd_locked", "change_huge_pmd", "collapse_old_table",
+           "copy_huge_pmd", "deferred_split_scan", "do_huge_pmd_anonymous_page", "do_huge_pmd_wp_page",
+           "folio_mark_lazyfree", "madvise_free_huge_pmd", "mm_get_huge_zero_folio", "move_deposited_table",
+           "move_huge_pmd", "pgtable_alloc_deposit", "pgtable_free_deposit", "pgtable_trans_huge_deposit",
+           "pmd_deposits", "split_folio", "split_huge_pmd_address", "split_huge_pmd_if_needed",
+           "split_pgtable_alloc", "split_pgtable_take", "thp_underused", "thp_vma_allowable",
+           "thp_vma_suitable", "vma_adjust_trans_huge", "wp_huge_pmd", "zap_deposited_table", "zap_huge_pmd"]
+
 
 # ---- the PTE table behind a huge PMD (the design hooks) -------------------------------------------------------
+def pmd_deposits(k: Kernel, huge_pmds: int) -> int:
+    """How many deposited tables a PMD table carries for the ``huge_pmds`` anonymous huge PMDs under it: one
+    each when the design deposits (upstream, arch_needs_pgtable_deposit), none under the lazy series."""
+    return huge_pmds if k.design.deposit else 0
+
+
 def pgtable_alloc_deposit(k: Kernel, site: str) -> bool:
     """pte_alloc_one() for the table a new huge PMD deposits (fault, huge zero page, fork); False on failure.
     True without allocating when the design does not deposit."""
@@ -124,7 +138,6 @@ def mm_get_huge_zero_folio(k: Kernel, mm: MM) -> bool:
         k.huge_zero_allocated = True
         k.vmstat.count("thp_zero_page_alloc")
     mm.huge_zero_ref = True
-    k.huge_zero_users += 1
     return True
 
 
@@ -208,7 +221,7 @@ def wp_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, hp: HugePmd) -> int:
 
 
 # ---- PMD split ------------------------------------------------------------------------------------------------
-def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str, freeze: bool = False,
+def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str,
                      alloc_even_if_not_huge: bool = False) -> int:
     """__split_huge_pmd(): 0 on success or when the PMD is not huge, -ENOMEM when the table allocation fails.
 

@@ -4,6 +4,9 @@ Holds every process's mm (VMA tree, page tables, RSS counters, locked_vm), the g
 fault injection, the deferred-split queue, and the global huge zero folio. Table allocation and freeing helpers
 (``__pte_alloc``, ``__pmd_alloc``, ``__pud_alloc``, ``pte_alloc_one``, ``pte_free``) live here because every
 other module uses them; the kernel rules themselves live in the modules named after their kernel files.
+Follows Linux 6.18 / 7.3.4 (and series v3 for the tables the lazy design allocates).
+Left out: NUMA nodes, memcgs (the allocator's page budget stands in for a limit), per-CPU counter batching,
+mm refcounts, locks (every step is atomic).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from thpsim.model.pgtable import PageTables
 from thpsim.model.vma import VmaTree
 from thpsim.model.vmstat import VmStat
 from thpsim.trace.format import ARENA_BASE
+
+__all__ = ["Kernel", "MM", "StepLog", "VM_FAULT_FALLBACK", "VM_FAULT_OK", "VM_FAULT_OOM", "VM_FAULT_SIGSEGV"]
 
 # fault results (include/linux/mm_types.h vm_fault_reason)
 VM_FAULT_OK = 0
@@ -75,7 +80,6 @@ class Kernel:
         self.procs: dict[str, MM] = {}
         self.deferred: dict[int, Folio] = {}       # the deferred split queue (insertion ordered)
         self.huge_zero_allocated = knobs.huge_zero_allocated or knobs.persistent_huge_zero
-        self.huge_zero_users = 0
         self.next_folio = 1
         self.next_anon_vma = 1
         self.max_retries = max_retries

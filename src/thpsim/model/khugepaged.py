@@ -24,6 +24,10 @@ from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
 from thpsim.model.vma import Vma
 
+__all__ = ["SCAN_ALLOC_FAIL", "SCAN_EXCEED_NONE_PTE", "SCAN_EXCEED_SHARED_PTE", "SCAN_EXCEED_SWAP_PTE",
+           "SCAN_PAGE_COUNT", "SCAN_PAGE_RO", "SCAN_PMD_MAPPED", "SCAN_PMD_NULL", "SCAN_PTE_NON_PRESENT",
+           "SCAN_SUCCEED", "collapse_huge_page", "khugepaged_pass", "madvise_collapse", "scan_pmd"]
+
 SCAN_SUCCEED = "succeed"
 SCAN_PMD_MAPPED = "pmd_mapped"
 SCAN_PMD_NULL = "pmd_null"

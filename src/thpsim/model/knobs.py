@@ -3,7 +3,11 @@
 Models /sys/kernel/mm/transparent_hugepage/{enabled,defrag,use_zero_page,khugepaged/max_ptes_*} and the
 config options CONFIG_PT_RECLAIM, CONFIG_PERSISTENT_HUGE_ZERO_FOLIO, CONFIG_THP_SWAP, CONFIG_PGTABLE_LEVELS,
 CONFIG_NO_PAGE_MAPCOUNT, plus whether swap is present. The live runner fills it from sysfs and
-/proc/config.gz (thpsim.live.env) so the model matches the running kernel.
+/proc/config.gz (thpsim.live.env) so the model matches the running kernel (6.12 behaviour where the knobs below say so, 6.18 / 7.3.4 by default).
+Left out: shmem_enabled and the per-size mTHP ``hugepages-*kB/enabled`` knobs (only PMD order is modelled),
+khugepaged's scan timing (pages_to_scan, scan_sleep_millisecs), and two knobs kept for the trace format and
+LiveEnv but not read by the model: ``max_ptes_swap`` (the scan refuses every swap PTE: no swap-in during
+collapse) and ``no_page_mapcount`` (the folio keeps CONFIG_PAGE_MAPCOUNT's per-page mapcounts).
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from thpsim.errors import ThpsimError
+
+__all__ = ["Knobs", "THP_MODES"]
 
 THP_MODES = ("always", "madvise", "never")
 

@@ -32,6 +32,8 @@ from thpsim.model.vma import (
 )
 from thpsim.model.vma_modify import vma_modify_flags
 
+__all__ = ["GUARD_ADVICE", "MAX_MADVISE_GUARD_RETRIES", "do_madvise"]
+
 _FLAG_ADVICE: dict[str, tuple[int, int]] = {   # advice -> (set, clear)
     "hugepage": (VM_HUGEPAGE, VM_NOHUGEPAGE),
     "nohugepage": (VM_NOHUGEPAGE, VM_HUGEPAGE),

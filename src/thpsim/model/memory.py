@@ -28,6 +28,10 @@ from thpsim.model.pgtable import (
 )
 from thpsim.model.vma import VM_LOCKED, Vma
 
+__all__ = ["access", "do_anonymous_page", "do_swap_page", "do_wp_page", "fault_in_range", "free_pgd_range",
+           "free_pgtables", "handle_mm_fault", "handle_pte_fault", "unmap_vmas", "zap_pmd_range",
+           "zap_pte_range"]
+
 
 # ---- faults ---------------------------------------------------------------------------------------------------
 def handle_mm_fault(k: Kernel, mm: MM, addr: int, write: bool) -> int:
@@ -389,15 +393,6 @@ def _sparse_access_error(k: Kernel, mm: MM, pages: list[tuple[int, dict[int, int
             if pte is not None and pte.kind == PTE_GUARD:
                 return True
     return False
-
-
-def access_error(k: Kernel, mm: MM, addr: int, write: bool) -> bool:
-    """Would a user access fault with SIGSEGV (no VMA, protection, guard marker)?"""
-    vma = mm.vmas.find(addr)
-    if vma is None or not vma.readable or (write and not vma.writable):
-        return True
-    pte = mm.pt.get_pte(addr)
-    return pte is not None and pte.kind == PTE_GUARD
 
 
 def fault_in_range(k: Kernel, mm: MM, start: int, end: int, *, write: bool) -> int:

@@ -14,6 +14,8 @@ from thpsim.model import huge_memory
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd
 
+__all__ = ["migrate_vma"]
+
 
 def migrate_vma(k: Kernel, mm: MM, start: int, end: int) -> int:
     migrated = 0

@@ -5,6 +5,7 @@ PMD split at an unaligned end), sets VM_LOCKED, accounts ``locked_vm`` by VMA si
 range with write faults on writable private VMAs (so THPs are allocated where eligible). MLOCK_ONFAULT skips the
 population. Holes give ENOMEM after the VMAs before the hole were changed, like the kernel's loop.
 
+Follows Linux 6.18 / 7.3.4 and series v3 02/21 (the PMD split in __split_vma can fail).
 Left out: RLIMIT_MEMLOCK (root), the mlock LRU (folios are only marked mlocked), mlockall.
 """
 
@@ -16,6 +17,8 @@ from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, VM_LOCKONFAULT
 from thpsim.model.vma_modify import vma_modify_flags
+
+__all__ = ["apply_vma_lock_flags", "do_mlock", "do_munlock"]
 
 
 def _page_range(k: Kernel, start: int, length: int) -> tuple[int, int]:

@@ -7,6 +7,7 @@ design this can fail with ENOMEM and nothing is unmapped — a first split that 
 mmap with MAP_FIXED unmaps what it overlays the same way, then inserts the new VMA and merges it with
 compatible neighbours (anonymous vm_pgoff = address >> PAGE_SHIFT). MAP_POPULATE / MAP_LOCKED populate.
 
+Follows Linux 6.18 / 7.3.4 and series v3 02/21.
 Left out: file mappings, get_unmapped_area (the trace places every mapping), VM_ACCOUNT/overcommit, mseal.
 """
 
@@ -17,6 +18,8 @@ from thpsim.model.errnos import EEXIST, EINVAL
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.vma import VM_LOCKED, VM_NORESERVE, Vma, prot_to_flags
 from thpsim.model.vma_modify import split_range
+
+__all__ = ["do_mmap", "do_munmap", "unmap_region"]
 
 
 def do_munmap(k: Kernel, mm: MM, start: int, length: int) -> int:

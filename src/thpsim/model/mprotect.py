@@ -25,6 +25,8 @@ from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
+__all__ = ["change_protection", "do_mprotect", "mprotect_fixup", "uffd_writeprotect"]
+
 
 def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot: int) -> int:
     page = k.page

@@ -11,6 +11,7 @@ unmapped with the normal munmap path unless MREMAP_DONTUNMAP.
 
 The trace resolves a MAYMOVE without FIXED to a destination slot; it is used only when growing in place is
 impossible (the live runner does the same), so both engines agree on where a moved mapping lands.
+Follows Linux 6.18 / 7.3.4 and series v3 (the failed split in move_page_tables).
 Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd remap events.
 """
 
@@ -23,6 +24,8 @@ from thpsim.model.mmap import do_munmap, unmap_region
 from thpsim.model.pgtable import HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED, Vma
 from thpsim.model.vma_modify import split_range
+
+__all__ = ["do_mremap", "move_page_tables", "move_vma", "mremap_expand", "mremap_to"]
 
 
 def do_mremap(k: Kernel, mm: MM, addr: int, old_len: int, new_len: int, flags: tuple[str, ...],
@@ -119,7 +122,7 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
     moved = move_page_tables(k, mm, nv, old, new, old_len)
     if moved < old_len:
         # move the entries back and unmap the new VMA (copy_vma_and_data's error path)
-        move_page_tables(k, mm, vma, new, old, moved, reverting=True)
+        move_page_tables(k, mm, vma, new, old, moved)
         unmap_region(k, mm, new, new + new_len)
         return ENOMEM
     mm.vmas.try_merge_around(nv.start, nv.end)
@@ -149,8 +152,7 @@ def _extent(old: int, new: int, old_end: int, size: int) -> int:
     return min(ext, ((new + size) & ~(size - 1)) - new)
 
 
-def move_page_tables(k: Kernel, mm: MM, new_vma: Vma, old: int, new: int, length: int, *,
-                     reverting: bool = False) -> int:
+def move_page_tables(k: Kernel, mm: MM, new_vma: Vma, old: int, new: int, length: int) -> int:
     """Returns the number of bytes moved (less than length on failure)."""
     pt = mm.pt
     pmd, pud = k.arch.pmd_size, k.arch.pud_size

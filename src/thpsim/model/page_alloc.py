@@ -13,6 +13,7 @@ Op-scoped injection (a trace op's ``inject`` field, matched on a lab kernel by `
 fails the first ``times`` allocations at those sites until :meth:`PageAllocator.disarm`, and records which
 sites failed (as the kernel function that called the allocator: :data:`SITE_CALLER`).
 
+Follows Linux 6.18 / 7.3.4 fail_page_alloc semantics.
 Left out: GFP flag filters (ignore-gfp-wait/highmem, min-order) — the model's sites are what you choose to fail.
 """
 
@@ -22,6 +23,9 @@ import random
 from dataclasses import dataclass, field
 
 from thpsim.errors import ThpsimError
+
+__all__ = ["AllocRecord", "FailPolicy", "INJECT_POINTS", "InjectPoint", "PageAllocator", "SITES",
+           "SITE_CALLER"]
 
 # Site names. Tables: pte_alloc_one@<caller> for the split/deposit tables, __pte_alloc / __pmd_alloc /
 # __pud_alloc for ordinary tables. Folios: folio@<caller>.

@@ -21,12 +21,14 @@ from __future__ import annotations
 from thpsim.model.arch import Arch
 from thpsim.model.folio import Folio
 
+__all__ = ["HugePmd", "PTE_GUARD", "PTE_PAGE", "PTE_SWAP", "PTE_ZERO", "PageTables", "PmdTable", "Pte",
+           "PteTable", "pmd_ranges"]
+
 # PTE kinds
 PTE_PAGE = 0     # present page of a folio
 PTE_ZERO = 1     # the shared 4K zero page
 PTE_SWAP = 2     # swap entry
 PTE_GUARD = 3    # guard marker (MADV_GUARD_INSTALL)
-PTE_MIGRATION = 4
 
 
 def pmd_ranges(start: int, end: int, pmd_size: int) -> list[tuple[int, int]]:

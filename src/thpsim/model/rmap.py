@@ -29,6 +29,11 @@ from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
 from thpsim.model.vma import Vma
 
+__all__ = ["deferred_split_folio", "folio_add_anon_rmap_pmd", "folio_add_anon_rmap_ptes",
+           "folio_add_new_anon_rmap", "folio_maybe_mapped_shared", "folio_remove_rmap_pmd",
+           "folio_remove_rmap_ptes", "mms_mapping", "rmap_walk", "try_to_migrate", "try_to_unmap",
+           "vma_ptes_of"]
+
 
 def _mapped_pages(f: Folio) -> int:
     if not f.large:
@@ -241,14 +246,14 @@ def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
     VMA's (now PTE) mappings after the split (try_to_unmap_one installs swap entries as it goes), so the VMAs
     visited before a failure stay unmapped. Returns False if the walk bailed out.
     """
-    lazy = not k.design.deposit
-    prealloc_needed = lazy and f.large and f.nr == k.nr
+    needs_table = k.design.split_can_fail      # the split takes a fresh table, not the deposit
+    prealloc_needed = needs_table and f.large and f.nr == k.nr
     for mm, vma, maps in _rmap_vmas(k, f):
         table = _take_table(k, memalloc=memalloc) if prealloc_needed else False
         for addr, kind in maps:
             if kind != "pmd":
                 continue
-            if lazy and not table:
+            if needs_table and not table:
                 k.vmstat.count("thp_split_pmd_failed")
                 k.log.failed_sites.append(caller)
                 return False

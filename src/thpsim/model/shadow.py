@@ -8,7 +8,8 @@ operation whose contract was broken; e.g. the lazy design's zap skip is "main: [
 but the page still holds data").
 
 The contract of each syscall is a method here (``user_write``, ``madvise``, ``mremap``, ...), called by the
-engine's op handler after the syscall returned. Left out: file contents, partial-page contracts of reads
+engine's op handler after the syscall returned. It follows no kernel version: only the
+syscalls' documented contracts (man-pages 6.x). Left out: file contents, partial-page contracts of reads
 (a read only digests what the model returns; it defines nothing).
 """
 
@@ -18,6 +19,8 @@ from thpsim.model.folio import ZERO, Content, content_is_zero, content_write
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 from thpsim.observation import ContractRule, ContractViolation
+
+__all__ = ["Ranges", "Shadow", "compare", "model_contents"]
 
 
 class Shadow:

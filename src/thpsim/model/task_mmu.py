@@ -3,6 +3,9 @@ smaps per VMA (Rss, Anonymous, AnonHugePages, LazyFree, Locked, Swap — walked 
 ``smaps_pmd_entry`` / ``smaps_pte_entry`` / ``smaps_account``, so the huge zero page and the zero page count in
 nothing, Locked is PSS-based), the page-map view (PAGEMAP_SCAN categories), and the PAGEMAP_SCAN write-protect
 ioctl path that splits a partially covered huge PMD (series v3 13/24). Reading never splits anything.
+Follows Linux 6.18 / 7.3.4.
+Left out: numa_maps, clear_refs/soft-dirty, smaps_rollup, /proc/PID/pagemap's PFN bits, file and shmem
+mappings (every VMA is anonymous private).
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
 from thpsim.model.vma import VM_LOCKED
 from thpsim.observation import ProcObs, Run, VmaObs, merge_runs
+
+__all__ = ["PSS_SHIFT", "pagemap_runs", "pagemap_scan_wp", "proc_obs", "smaps"]
 
 PSS_SHIFT = 12
 

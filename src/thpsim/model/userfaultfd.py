@@ -15,6 +15,8 @@ from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
 
+__all__ = ["move_pages", "writeprotect"]
+
 
 def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int, int]:
     """Returns (result, moved): result is 0, or a negative errno; moved is the byte count done. An error after

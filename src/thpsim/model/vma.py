@@ -14,6 +14,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
+__all__ = ["PROT_MASK", "VM_DONTCOPY", "VM_EXEC", "VM_HUGEPAGE", "VM_LOCKED", "VM_LOCKONFAULT",
+           "VM_NOHUGEPAGE", "VM_NORESERVE", "VM_RAND_READ", "VM_READ", "VM_SEQ_READ", "VM_WIPEONFORK",
+           "VM_WRITE", "Vma", "VmaTree", "can_merge", "is_mergeable_anon_vma", "prot_to_flags"]
+
 VM_READ = 0x1
 VM_WRITE = 0x2
 VM_EXEC = 0x4

@@ -5,6 +5,9 @@ ENOMEM before any VMA is modified), set the flags, and merge with compatible nei
 
 Used by mprotect, mlock/munlock and the VMA-flag madvise advices. The kernel may merge instead of splitting
 (``vma_merge_existing_range`` with ``__adjust_middle_start``); the PMD splits it does are the same ones.
+Follows Linux 6.18 / 7.3.4 and series v3 02/21 (vma_adjust_trans_huge moved before the VMA change, with an
+error return). Left out: mseal, VMA names (vma_modify_name), uffd contexts, and the exact merge path
+(vma_merge_existing_range's cases are collapsed into split + commit_merge; the VMAs that result are the same).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 from thpsim.model import huge_memory
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.vma import Vma
+
+__all__ = ["split_range", "split_vma", "vma_modify_flags"]
 
 
 def split_vma(k: Kernel, mm: MM, vma: Vma, addr: int) -> tuple[int, Vma | None]:

@@ -3,6 +3,7 @@
 
 Without swap, anonymous folios cannot be swapped: a THP is split (``thp_swpout_fallback``) and its pages kept;
 clean lazyfree folios are discarded (a PMD-mapped one without a split, freeing its deposit).
+Follows Linux 6.18 / 7.3.4 and series v3 (17/24: prealloc_pte in try_to_unmap_one).
 Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writeback.
 """
 
@@ -14,6 +15,8 @@ from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 from thpsim.model.vma import Vma
 
+__all__ = ["reclaim_range", "shrink_folio"]
+
 
 def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "shrink_folio_list") -> str:
     """Reclaim one folio. Returns what happened: discarded | swapped | split-kept | kept | activated."""
@@ -24,57 +27,69 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     if not f.swapbacked:
         return _discard_lazyfree(k, f, memalloc=memalloc, caller=caller)
     if f.large and f.partially_mapped:
-        if not huge_memory.split_folio(k, f, caller=caller):
-            return "activated"
-        return "split-kept"
+        return _split_and_keep(k, f, caller=caller, fallback=False)
     if not k.knobs.swap:
-        if f.large:
-            if not huge_memory.split_folio(k, f, caller=caller):
-                return "activated"
-            k.vmstat.count("thp_swpout_fallback")
-            k.vmstat.mthp["swpout_fallback"] += 1
-            return "split-kept"
-        return "activated"
+        return _split_and_keep(k, f, caller=caller, fallback=True) if f.large else "activated"
     if f.large and not k.knobs.thp_swap:
-        # no CONFIG_THP_SWAP: split_folio_to_list, then the order-0 folios are swapped one by one
-        where = rmap.rmap_walk(k, f)
-        if not huge_memory.split_folio(k, f, caller=caller):
-            return "activated"
-        k.vmstat.count("thp_swpout_fallback")
-        k.vmstat.mthp["swpout_fallback"] += 1
-        small: list[Folio] = []
-        for mm, addr, kind in where:
-            for a in (range(addr, addr + k.pmd_size, k.page) if kind == "pmd" else (addr,)):
-                pte = mm.pt.get_pte(a)
-                if pte is not None and pte.kind == PTE_PAGE and pte.folio is not None and pte.folio not in small:
-                    small.append(pte.folio)
-        for sf in small:
-            shrink_folio(k, sf, memalloc=memalloc, caller=caller)
-        return "split-swapped"
+        return _split_and_swap(k, f, memalloc=memalloc, caller=caller)
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
-    def swap_out_vma(mm: MM, vma: Vma) -> None:
-        # try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry
-        idxs = []
-        for _addr, pte in rmap.vma_ptes_of(mm, vma, f):
-            swapped = Folio(0, 0, 1)
-            swapped.default = f.content(pte.idx)
-            idxs.append(pte.idx)
-            pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_SWAP, swapped, 0, False, False
-            mm.swap_ents += 1
-        # one PTE at a time in the kernel; removing the first alone and the rest together gives the same
-        # mapcounts, NR_ANON_MAPPED, RSS and deferred-split decision (the entire mapcount is constant here)
-        if idxs:
-            rmap.folio_remove_rmap_ptes(k, mm, f, idxs[:1])
-        if len(idxs) > 1:
-            rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
-
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
-    if not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc, per_vma=swap_out_vma):
+    if not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc,
+                             per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma)):
         return "kept"   # folio_mapped() after try_to_unmap: kept (VMAs visited before the failure stay swapped)
     if f.large:
         k.vmstat.count("thp_swpout")
         k.vmstat.mthp["swpout"] += 1
     return "swapped"
+
+
+def _count_swpout_fallback(k: Kernel) -> None:
+    k.vmstat.count("thp_swpout_fallback")
+    k.vmstat.mthp["swpout_fallback"] += 1
+
+
+def _split_and_keep(k: Kernel, f: Folio, *, caller: str, fallback: bool) -> str:
+    """A partially mapped THP (deferred split), or a THP without swap (``fallback``: thp_swpout_fallback):
+    split_folio_to_list and keep the pages; a failed split activates the folio."""
+    if not huge_memory.split_folio(k, f, caller=caller):
+        return "activated"
+    if fallback:
+        _count_swpout_fallback(k)
+    return "split-kept"
+
+
+def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
+    """No CONFIG_THP_SWAP: split_folio_to_list, then the order-0 folios are swapped one by one."""
+    where = rmap.rmap_walk(k, f)
+    if not huge_memory.split_folio(k, f, caller=caller):
+        return "activated"
+    _count_swpout_fallback(k)
+    small: list[Folio] = []
+    for mm, addr, kind in where:
+        for a in (range(addr, addr + k.pmd_size, k.page) if kind == "pmd" else (addr,)):
+            pte = mm.pt.get_pte(a)
+            if pte is not None and pte.kind == PTE_PAGE and pte.folio is not None and pte.folio not in small:
+                small.append(pte.folio)
+    for sf in small:
+        shrink_folio(k, sf, memalloc=memalloc, caller=caller)
+    return "split-swapped"
+
+
+def _swap_out_vma(k: Kernel, f: Folio, mm: MM, vma: Vma) -> None:
+    """try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry."""
+    idxs = []
+    for _addr, pte in rmap.vma_ptes_of(mm, vma, f):
+        swapped = Folio(0, 0, 1)
+        swapped.default = f.content(pte.idx)
+        idxs.append(pte.idx)
+        pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_SWAP, swapped, 0, False, False
+        mm.swap_ents += 1
+    # one PTE at a time in the kernel; removing the first alone and the rest together gives the same
+    # mapcounts, NR_ANON_MAPPED, RSS and deferred-split decision (the entire mapcount is constant here)
+    if idxs:
+        rmap.folio_remove_rmap_ptes(k, mm, f, idxs[:1])
+    if len(idxs) > 1:
+        rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
 
 
 def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:

@@ -3,11 +3,15 @@
 vm events (thp_* as in /proc/vmstat, plus ``thp_split_pmd_failed`` which only the series adds), NR_ANON_THPS
 (meminfo AnonHugePages), NR_PAGETABLE (meminfo PageTables) and per-size PMD-order stats (nr_anon,
 nr_anon_partially_mapped, split, split_deferred, anon_fault_alloc, ...).
+Follows the counter names of Linux 6.18 / 7.3.4 and series v3.
+Left out: per-node/per-zone split, vm events the model never moves, NR_ANON_MAPPED's per-memcg copies.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+
+__all__ = ["VmStat"]
 
 
 class VmStat:
