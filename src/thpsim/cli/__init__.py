@@ -15,7 +15,7 @@ import argparse
 import errno
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from thpsim import __version__
 from thpsim.cli import demo, lab, live, model, reports, traces
@@ -35,8 +35,16 @@ COMMANDS: tuple[Command, ...] = tuple(_BY_NAME[n] for n in (
 assert len(COMMANDS) == len(_BY_NAME), "a command is missing from the --help order"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is its one error line (``thpsim run: error: ...``) without the usage block,
+    like every other error thpsim reports; ``--help`` still shows the usage. Subcommand parsers inherit it."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="thpsim", description="Executable model of Linux anonymous-THP page-table "
+    ap = _Parser(prog="thpsim", description="Executable model of Linux anonymous-THP page-table "
                                  "management: upstream deposit vs lazy PTE allocation at PMD split.")
     ap.add_argument("--version", action="version", version=f"thpsim {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)

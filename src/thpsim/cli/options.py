@@ -52,7 +52,9 @@ class Option:
 
     @property
     def default(self) -> Any:
-        return self.kwargs.get("default")
+        """The value a command that has this option sees when it is not given (argparse's, e.g. store_true's
+        False)."""
+        return self.add(argparse.ArgumentParser(add_help=False)).default
 
 
 def _one_of(what: str, names: Iterable[str]) -> Callable[[str], str]:
