@@ -76,7 +76,7 @@ def _designs(value: str) -> tuple[str, ...]:
     return names
 
 
-_DESIGN = _one_of("design", DESIGNS)         # the texts of get_design / get_arch / get_kernel's errors
+_DESIGN = _one_of("design", DESIGNS)         # worded like get_design / get_arch errors
 _ARCH_NAMES = tuple(sorted(ARCHES))
 _LAB = tuple(KERNELS)
 
