@@ -200,18 +200,63 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     """Build ``spec`` (with ``series``, default: the spec's own) and cache it; return the cached build."""
     prog: Progress = progress or (lambda step, detail: None)
     name = name or spec.name
-    if spec.kind != "source" and spec.arch == "arm64":
+    if spec.kind != "source":
+        return _fetch_prebuilt(spec, name, prog, force)
+    job = _plan(spec, name, series if series is not None else default_series(spec), prog)
+    reused = _reuse(job, force)
+    if reused:
+        return reused
+    tree = _unpack(job)
+    _apply_series(job, tree)
+    env = _configure(job, tree)
+    _compile(job, tree, jobs, env)
+    return _install(spec, name, job.bdir, tree, job.apt, job.series, job.series_sha, job.config_sha, job.key,
+                    job.pkg_ver, job.t0, prog)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One source build: the spec, its series and fragment, the package version apt resolved, and the cache key
+    (what the compiled image depends on: builder, package, version, series, config, arch) naming its folder."""
+
+    spec: KernelSpec
+    name: str
+    series: Path | None
+    patches: tuple[Path, ...]
+    series_sha: str | None
+    frag: str
+    config_sha: str
+    root: Path
+    apt: AptWorkspace
+    pkg_ver: str
+    key: str
+    t0: float
+    prog: Progress
+
+    @property
+    def bdir(self) -> Path:
+        return self.root / "builds" / f"{self.name}-{self.key}"
+
+    @property
+    def log(self) -> Path:
+        return self.bdir / "build.log"
+
+
+def _fetch_prebuilt(spec: KernelSpec, name: str, prog: Progress, force: bool) -> BuiltKernel:
+    """An ``image`` kernel: Debian's prebuilt package (amd64 with a generated initramfs, or arm64)."""
+    if spec.arch == "arm64":
         from thpsim.lab.arm64 import fetch_arm64_image
 
         return fetch_arm64_image(spec, name=name, progress=prog, force=force)
-    if spec.kind != "source":
-        from thpsim.lab.initramfs import fetch_image
+    from thpsim.lab.initramfs import fetch_image
 
-        return fetch_image(spec, name=name, progress=prog, force=force)
-    if series is None:
-        series = default_series(spec)
-    patches = series_files(series) if series else []
-    series_sha = _sha256_files(patches) if patches else None
+    return fetch_image(spec, name=name, progress=prog, force=force)
+
+
+def _plan(spec: KernelSpec, name: str, series: Path | None, prog: Progress) -> _Job:
+    """Step 1, fetch: hash the series and the fragment, resolve the package version with apt, derive the key."""
+    patches = tuple(series_files(series)) if series else ()
+    series_sha = _sha256_files(list(patches)) if patches else None
     frag = fragment_text(spec.arch)
     config_sha = hashlib.sha256(frag.encode()).hexdigest()
     root = cache_root() / "lab"
@@ -224,23 +269,34 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
     # the kernel's key: what the compiled image depends on (the initramfs is refreshed on its own)
     key = hashlib.sha256(json.dumps([BUILDER_VERSION, spec.package, pkg_ver, series_sha, config_sha,
                                      spec.arch]).encode()).hexdigest()[:16]
-    bdir = root / "builds" / f"{name}-{key}"
-    image = bdir / "bzImage"
-    cached = cached_build(name, key, force, prog)
-    if cached:
+    return _Job(spec, name, series, patches, series_sha, frag, config_sha, root, apt, pkg_ver, key, t0, prog)
+
+
+def _reuse(job: _Job, force: bool) -> BuiltKernel | None:
+    """A build with this key that is done (indexed, or only its index is missing), or one that was compiled by an
+    earlier run whose later steps failed (installed now); None: build it (always with ``force``)."""
+    cached = cached_build(job.name, job.key, force, job.prog)
+    if cached or force:
         return cached
-    if not force and image.exists() and (bdir / "meta.json").exists():
+    bdir = job.bdir
+    if (bdir / "bzImage").exists() and (bdir / "meta.json").exists():
         bk = _load_meta(bdir / "meta.json")
-        write_index(name, bk)
-        prog("cached", bk.image)
+        write_index(job.name, bk)
+        job.prog("cached", bk.image)
         return bk
-    compiled = bdir / ".compiled"
-    if not force and compiled.exists() and (bdir / "lab.config").read_text() == frag:
-        prog("compile", "resuming: this tree was compiled by an earlier run whose later steps failed")
-        return _install(spec, name, bdir, next(p for p in bdir.iterdir() if (p / "Makefile").exists()), apt,
-                        series, series_sha, config_sha, key, pkg_ver, t0, prog)
+    if (bdir / ".compiled").exists() and (bdir / "lab.config").read_text() == job.frag:
+        job.prog("compile", "resuming: this tree was compiled by an earlier run whose later steps failed")
+        tree = next(p for p in bdir.iterdir() if (p / "Makefile").exists())
+        return _install(job.spec, job.name, bdir, tree, job.apt, job.series, job.series_sha, job.config_sha,
+                        job.key, job.pkg_ver, job.t0, job.prog)
+    return None
+
+
+def _unpack(job: _Job) -> Path:
+    """Step 2, unpack: the source package (once per version) and its kernel tarball into a fresh build folder."""
+    spec, apt, prog = job.spec, job.apt, job.prog
     deb = apt.download(spec.package)
-    src_root = root / "src" / deb.stem
+    src_root = job.root / "src" / deb.stem
     if not (src_root / ".extracted").exists():
         prog("fetch", f"unpacking {deb.name}")
         shutil.rmtree(src_root, ignore_errors=True)
@@ -248,47 +304,58 @@ def build_kernel(spec: KernelSpec, *, series: Path | None = None, name: str | No
         (src_root / ".extracted").touch()
     tarball = _source_tarball(src_root)
 
+    bdir = job.bdir
     shutil.rmtree(bdir, ignore_errors=True)
     bdir.mkdir(parents=True)
-    log = bdir / "build.log"
     prog("unpack", tarball.name)
-    _Step("unpack", log, prog).run(["tar", "-xf", str(tarball)], bdir)
+    _Step("unpack", job.log, prog).run(["tar", "-xf", str(tarball)], bdir)
     trees = [p for p in bdir.iterdir() if p.is_dir() and (p / "Makefile").exists()]
     if len(trees) != 1:
-        raise LabStepError("unpack", f"expected one kernel tree in {bdir}", log)
-    tree = trees[0]
+        raise LabStepError("unpack", f"expected one kernel tree in {bdir}", job.log)
+    return trees[0]
 
-    for patch in patches:
-        prog("patch", patch.name)
-        step = _Step("patch", log, prog)
+
+def _apply_series(job: _Job, tree: Path) -> None:
+    """Step 3, patch: each patch dry-run first, so one that does not apply is named and the tree left as it was."""
+    log = job.log
+    for patch in job.patches:
+        job.prog("patch", patch.name)
+        step = _Step("patch", log, job.prog)
         try:
             step.run(["patch", "-p1", "--forward", "--batch", "--dry-run", "-s"], tree, stdin=patch)
         except LabStepError as e:
-            raise LabStepError("patch", f"{patch} does not apply to {spec.package} {pkg_ver}"
+            raise LabStepError("patch", f"{patch} does not apply to {job.spec.package} {job.pkg_ver}"
                                + (f": {_last_error(log)}" if _last_error(log) else ""), log) from e
         step.run(["patch", "-p1", "--forward", "--batch", "-s"], tree, stdin=patch)
 
-    prog("configure", "tinyconfig + lab fragment")
-    (bdir / "lab.config").write_text(frag)
+
+def _configure(job: _Job, tree: Path) -> dict[str, str]:
+    """Step 4, configure: tinyconfig + the lab fragment + olddefconfig; every REQUIRED option must survive.
+    Returns the reproducible-build environment the compile uses too."""
+    job.prog("configure", "tinyconfig + lab fragment")
+    (job.bdir / "lab.config").write_text(job.frag)
     env = dict(os.environ, KBUILD_BUILD_USER="thpsim", KBUILD_BUILD_HOST="lab",
                KBUILD_BUILD_TIMESTAMP="2026-01-01", LC_ALL="C")
-    cfg = _Step("configure", log, prog)
+    cfg = _Step("configure", job.log, job.prog)
     cfg.run(["make", "tinyconfig"], tree, env=env)
-    cfg.run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(bdir / "lab.config")], tree, env=env)
+    cfg.run(["scripts/kconfig/merge_config.sh", "-m", ".config", str(job.bdir / "lab.config")], tree, env=env)
     cfg.run(["make", "olddefconfig"], tree, env=env)
     final = parse_config((tree / ".config").read_text())
     missing = [o for o in REQUIRED if final.get(o, "n") == "n"]
     if missing:
-        raise LabStepError("configure", f"{spec.package} {pkg_ver} has no {', '.join(missing)} after "
-                           "olddefconfig (a dependency is off or the version lacks it)", log)
+        raise LabStepError("configure", f"{job.spec.package} {job.pkg_ver} has no {', '.join(missing)} after "
+                           "olddefconfig (a dependency is off or the version lacks it)", job.log)
+    return env
 
+
+def _compile(job: _Job, tree: Path, jobs: int | None, env: dict[str, str]) -> None:
+    """Step 5, compile: bzImage with make -jN; the build folder is then marked compiled (resumable)."""
     n = jobs or os.cpu_count() or 1
-    prog("compile", f"bzImage with make -j{n}")
-    _Step("compile", log, prog).run(["make", f"-j{n}", "bzImage"], tree, watch=True, env=env)
+    job.prog("compile", f"bzImage with make -j{n}")
+    _Step("compile", job.log, job.prog).run(["make", f"-j{n}", "bzImage"], tree, watch=True, env=env)
     if not (tree / "arch" / "x86" / "boot" / "bzImage").exists():
-        raise LabStepError("compile", "make finished but arch/x86/boot/bzImage is missing", log)
-    compiled.touch()
-    return _install(spec, name, bdir, tree, apt, series, series_sha, config_sha, key, pkg_ver, t0, prog)
+        raise LabStepError("compile", "make finished but arch/x86/boot/bzImage is missing", job.log)
+    (job.bdir / ".compiled").touch()
 
 
 def suites_for(suite: str) -> tuple[str, ...]:

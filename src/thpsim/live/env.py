@@ -267,65 +267,33 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
     """Describe this kernel. ``pagemap`` replaces the probed pagemap features (tests simulate other kernels)."""
     pm = pagemap if pagemap is not None else pagemap_features()
     release = platform.release()
-    enabled_raw = _read(f"{THP_DIR}/enabled")
-    enabled = selected(enabled_raw)
-    defrag = selected(_read(f"{THP_DIR}/defrag"))
-    uzp = _read(f"{THP_DIR}/use_zero_page")
+    enabled = selected(_read(f"{THP_DIR}/enabled"))
     shmem = selected(_read(f"{THP_DIR}/shmem_enabled"))
-    mthp: list[tuple[str, str]] = []
-    try:
-        names = sorted(os.listdir(THP_DIR))
-    except OSError:
-        names = []
-    for n in names:
-        m = re.fullmatch(r"hugepages-(\d+)kB", n)
-        setting = selected(_read(f"{THP_DIR}/{n}/enabled")) if m else None
-        if m and setting is not None:  # sizes with only shmem_enabled (e.g. order 1) have no anon setting
-            mthp.append((f"{m.group(1)}kB", setting))
-    mthp.sort(key=lambda x: int(x[0][:-2]))
-    kh: list[tuple[str, int]] = []
-    for k in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared", "pages_to_scan", "scan_sleep_millisecs",
-              "alloc_sleep_millisecs", "defrag"):
-        v = _read(f"{THP_DIR}/khugepaged/{k}")
-        if v is not None and v.isdigit():
-            kh.append((k, int(v)))
+    uzp = _read(f"{THP_DIR}/use_zero_page")
+    mthp = _mthp_settings()
     cfg, config_source = _config()
-    config = tuple(sorted((k, cfg[k]) for k in CONFIG_OPTIONS if k in cfg))
     vm = _vmstat()
-    levels = 4
-    if platform.machine() == "x86_64" and cfg.get("CONFIG_PGTABLE_LEVELS") == "5":
-        levels = _runtime_levels()
-    unsupported: list[str] = []
-    for size, setting in mthp:
-        effective = enabled if setting == "inherit" else setting
-        if size != f"{PMD_SIZE_KB}kB" and effective not in (None, "never"):
-            unsupported.append(f"mTHP hugepages-{size} enabled={setting}: the model only has PMD-sized THPs")
-    if shmem not in (None, "never", "deny"):
-        unsupported.append(f"shmem_enabled={shmem}: the model does not model shmem THPs (the arena is anonymous)")
+    levels = _pgtable_levels(cfg)
     machine = platform.machine()
     profile, how = resolve_arch(machine, S.PMD_SIZE if enabled is not None else 0, S.PAGE_SIZE, None)
-    if machine not in LIVE_MACHINES:
-        unsupported.append(f"arch {machine}: the live runner knows the syscalls of {', '.join(LIVE_MACHINES)} only")
-    elif profile is None:
-        unsupported.append(f"arch {machine}: {how}")
-    if levels == 5:
-        unsupported.append("5-level paging at run time: the arena shares its P4D/PGD slot layout differently")
-    thp_ok = enabled is not None and enabled != "never"
+    unsupported = (_unsupported_thp(mthp, enabled, shmem) + _unsupported_arch(machine, profile is None, how)
+                   + (["5-level paging at run time: the arena shares its P4D/PGD slot layout differently"]
+                      if levels == 5 else []))
     vm_missing = tuple(k for k in VMSTAT_FIELDS if vm and k not in vm)
     kpf = _readable("/proc/kpageflags")
     return LiveEnv(
         kernel_release=release,
         arch=platform.machine(),
-        thp_available=thp_ok,
+        thp_available=enabled is not None and enabled != "never",
         is_root=os.geteuid() == 0,
         thp_enabled=enabled,
-        thp_defrag=defrag,
+        thp_defrag=selected(_read(f"{THP_DIR}/defrag")),
         use_zero_page=None if uzp is None else uzp.strip() == "1",
         shmem_enabled=shmem,
         mthp_enabled=tuple(mthp),
-        khugepaged=tuple(kh),
+        khugepaged=_khugepaged_settings(),
         swap_present=_has_swap(),
-        config=config,
+        config=tuple(sorted((k, cfg[k]) for k in CONFIG_OPTIONS if k in cfg)),
         pgtable_levels_runtime=levels,
         has_split_pmd_failed="thp_split_pmd_failed" in vm,
         huge_zero_allocated=vm.get("thp_zero_page_alloc", 0) > 0,
@@ -346,6 +314,61 @@ def detect(pagemap: PagemapFeatures | None = None) -> LiveEnv:
         pmd_size=S.PMD_SIZE,
         arch_profile=profile.name if profile else None,
     )
+
+
+def _mthp_settings() -> list[tuple[str, str]]:
+    """(size, enabled) of every anonymous mTHP size, smallest first: ``hugepages-<size>kB/enabled``."""
+    mthp: list[tuple[str, str]] = []
+    try:
+        names = sorted(os.listdir(THP_DIR))
+    except OSError:
+        names = []
+    for n in names:
+        m = re.fullmatch(r"hugepages-(\d+)kB", n)
+        setting = selected(_read(f"{THP_DIR}/{n}/enabled")) if m else None
+        if m and setting is not None:  # sizes with only shmem_enabled (e.g. order 1) have no anon setting
+            mthp.append((f"{m.group(1)}kB", setting))
+    mthp.sort(key=lambda x: int(x[0][:-2]))
+    return mthp
+
+
+def _khugepaged_settings() -> tuple[tuple[str, int], ...]:
+    """The numeric ``khugepaged/*`` tunables that exist on this kernel."""
+    kh: list[tuple[str, int]] = []
+    for k in ("max_ptes_none", "max_ptes_swap", "max_ptes_shared", "pages_to_scan", "scan_sleep_millisecs",
+              "alloc_sleep_millisecs", "defrag"):
+        v = _read(f"{THP_DIR}/khugepaged/{k}")
+        if v is not None and v.isdigit():
+            kh.append((k, int(v)))
+    return tuple(kh)
+
+
+def _pgtable_levels(cfg: dict[str, str]) -> int:
+    """Page-table levels in use: 4, unless an x86-64 kernel built for 5 levels runs with them."""
+    if platform.machine() == "x86_64" and cfg.get("CONFIG_PGTABLE_LEVELS") == "5":
+        return _runtime_levels()
+    return 4
+
+
+def _unsupported_thp(mthp: list[tuple[str, str]], enabled: str | None, shmem: str | None) -> list[str]:
+    """THP settings the model has no counterpart for: enabled mTHP sizes other than the PMD's, shmem THPs."""
+    out: list[str] = []
+    for size, setting in mthp:
+        effective = enabled if setting == "inherit" else setting
+        if size != f"{PMD_SIZE_KB}kB" and effective not in (None, "never"):
+            out.append(f"mTHP hugepages-{size} enabled={setting}: the model only has PMD-sized THPs")
+    if shmem not in (None, "never", "deny"):
+        out.append(f"shmem_enabled={shmem}: the model does not model shmem THPs (the arena is anonymous)")
+    return out
+
+
+def _unsupported_arch(machine: str, no_profile: bool, how: str) -> list[str]:
+    """A machine the live runner has no syscall numbers for, or no arch profile fits."""
+    if machine not in LIVE_MACHINES:
+        return [f"arch {machine}: the live runner knows the syscalls of {', '.join(LIVE_MACHINES)} only"]
+    if no_profile:
+        return [f"arch {machine}: {how}"]
+    return []
 
 
 def probe_collapse_small_range() -> str | None:

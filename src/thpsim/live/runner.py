@@ -399,20 +399,18 @@ class _Session:
                 other.children.remove(name)
 
 
-def run_live(trace: Trace, *, allow_sysfs: bool = False, timeout: float = 120.0,
-             features: PagemapFeatures | None = None) -> list[StepObs]:
+def run_live(trace: Trace, *, timeout: float = 120.0, features: PagemapFeatures | None = None) -> list[StepObs]:
     """Run ``trace`` on the live kernel in a fresh child process; one StepObs per op.
 
-    ``allow_sysfs`` is accepted for the CLI; the runner writes sysfs only inside a lab guest, where the
-    ``khugepaged`` op wakes the real thread (:mod:`thpsim.live.khugepaged`); elsewhere it and the other model-only
-    ops (their definitions' ``model_only``, trace.ops.OP_DEFS) are recorded with result None and a note.
+    The runner writes sysfs only inside a lab guest, where the ``khugepaged`` op wakes the real thread
+    (:mod:`thpsim.live.khugepaged`); elsewhere it and the other model-only ops (their definitions' ``model_only``,
+    trace.ops.OP_DEFS) are recorded with result None and a note.
     A trace is mapped onto this kernel's page and PMD size first (:func:`thpsim.trace.geometry.map_trace`).
     Raises LiveRunError (with ``.steps``, the observations so far) if the child crashes or the run times out.
     Exit of ``main`` exits every still-live trace process first (the final observation lists none).
     ``features`` replaces the probed pagemap features (tests simulate older kernels on this one); what the
     kernel lacks is noted on the first step (:func:`thpsim.live.env.feature_notes`).
     """
-    del allow_sysfs
     trace = map_trace(trace, GEOMETRY)    # a 4K/2M trace on this kernel's pages
     s = _Session(trace, timeout, features)
     try:

@@ -1,0 +1,147 @@
+"""The ``lab`` command: ``lab build`` (fetch, patch, configure and build a guest kernel), ``lab list``, ``lab run``
+(a command inside a QEMU guest) and ``lab kselftest``. The work is :mod:`thpsim.lab`'s; this module parses,
+shows progress and prints."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+
+import thpsim.cli.options as O
+from thpsim.cli.common import EXIT_OK, Command, emit_json, out
+from thpsim.errors import ThpsimError
+
+__all__ = ["COMMANDS", "cmd_lab"]
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    return {"build": _lab_build, "list": _lab_list, "run": _lab_run,
+            "kselftest": _lab_kselftest}[args.lab_command](args)
+
+
+class _Progress:
+    """One status line for long lab steps: rewritten in place on a terminal, every 30 s otherwise."""
+
+    def __init__(self) -> None:
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.tty = sys.stderr.isatty()
+        self.step = ""
+
+    def __call__(self, step: str, detail: str) -> None:
+        now = time.monotonic()
+        el = int(now - self.t0)
+        line = f"thpsim lab: [{el // 60:d}:{el % 60:02d}] {step}: {detail}"
+        if self.tty:
+            sys.stderr.write("\r\x1b[K" + line[:150])
+        elif step != self.step or now - self.last >= 30:
+            sys.stderr.write(line + "\n")
+            self.last = now
+        self.step = step
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        if self.tty and self.step:
+            sys.stderr.write("\n")
+
+
+def _lab_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from thpsim.lab.build import build_kernel
+    from thpsim.lab.kernels import get_kernel
+
+    spec = get_kernel(args.kernel)
+    prog = _Progress()
+    try:
+        bk = build_kernel(spec, series=Path(args.series) if args.series else None, name=args.name,
+                          jobs=args.jobs, progress=prog, force=args.force)
+    finally:
+        prog.end()
+    if args.json:
+        emit_json(bk)
+    else:
+        out(f"{bk.name}: {bk.image} ({spec.description}; {bk.package_version}"
+            + (f", series {bk.series} sha256 {bk.series_sha256[:12]}" if bk.series_sha256 else "")
+            + f"; built in {bk.build_seconds:.0f} s)")
+    return EXIT_OK
+
+
+def _lab_list(args: argparse.Namespace) -> int:
+    from thpsim.lab.build import find_built
+    from thpsim.lab.kernels import KERNELS
+
+    rows = []
+    for spec in KERNELS.values():
+        bk = find_built(spec.name)
+        rows.append({"name": spec.name, "kind": spec.kind, "version": spec.version, "arch": spec.arch,
+                     "description": spec.description, "built": bk.image if bk else None})
+    if args.json:
+        emit_json(rows)
+    else:
+        for r in rows:
+            out(f"{r['name']:<14} {r['kind']:<6} {r['arch']:<8} {'built' if r['built'] else 'not built':<9} "
+                f"{r['description']}")
+        out(f"{'host':<14} (this machine: commands run here as they are)")
+    return EXIT_OK
+
+
+def _lab_run(args: argparse.Namespace) -> int:
+    from thpsim.lab.guest import run_in_guest
+
+    cmd = list(args.cmd)
+    if not cmd:
+        raise ThpsimError("lab run needs a command after --, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")
+    res = run_in_guest(args.kernel, cmd, O.guest_config(args), stdout=sys.stdout.buffer,
+                       stderr=sys.stderr.buffer)
+    if args.json:
+        sys.stderr.write(json.dumps(dataclasses.asdict(res)) + "\n")
+    return res.returncode
+
+
+def _lab_kselftest(args: argparse.Namespace) -> int:
+    from thpsim.lab.build import find_built
+    from thpsim.lab.guest import run_in_guest
+    from thpsim.lab.kselftest import build_kselftest
+
+    bk = find_built(args.kernel)
+    if bk is None:
+        raise ThpsimError(f"lab kernel {args.kernel} is not built here: run `thpsim lab build {args.kernel}` first")
+    binary = build_kselftest(bk)
+    res = run_in_guest(args.kernel, [str(binary)], O.guest_config(args), stdout=sys.stdout.buffer,
+                       stderr=sys.stderr.buffer)
+    return res.returncode
+
+
+def _setup_lab(p: argparse.ArgumentParser) -> None:
+    lab = p.add_subparsers(dest="lab_command", required=True)
+    lb = lab.add_parser("build", help="fetch, patch, configure and build a guest kernel (cached)")
+    O.LAB_KERNEL.add(lb)
+    lb.add_argument("--series", metavar="DIR|MBOX", help="patch series to apply (a folder of *.patch, an mbox "
+                    "as `b4 am` writes it, or one diff); default: the named kernel's own")
+    lb.add_argument("--name", help="cache the result under this name (default: KERNEL)")
+    lb.add_argument("-j", "--jobs", type=int, help="make -jN (default: CPUs)")
+    lb.add_argument("--force", action="store_true", help="rebuild even when a cached build matches")
+    O.JSON.add(lb)
+    ll = lab.add_parser("list", help="the named kernels and which are built")
+    O.JSON.add(ll)
+    lk = lab.add_parser("kselftest", help="compile the series' thp_pmd_split_test from KERNEL's tree and run it "
+                        "inside KERNEL's guest (TAP 13)")
+    O.LAB_KERNEL.with_(help="a built lab kernel with the series (lazy-v3-7.3)").add(lk)
+    O.add_guest_opts(lk)
+    lr = lab.add_parser("run", help="boot a guest kernel and run a thpsim command inside it",
+                        description="boot KERNEL under QEMU (host / read-only over 9p, scratch in guest RAM) and "
+                        "run CMD there, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")
+    O.LAB_KERNEL_OR_HOST.add(lr)
+    O.add_guest_opts(lr)
+    O.JSON.with_(help="print the run's summary as JSON on stderr's last line").add(lr)
+    lr.add_argument("cmd", nargs="*", help="after --: thpsim COMMAND ... (or any program on the host's /)")
+
+
+COMMANDS = (
+    Command("lab", cmd_lab, "the kernel lab: build guest kernels and run thpsim commands inside QEMU guests",
+            _setup_lab),
+)

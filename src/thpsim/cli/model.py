@@ -1,0 +1,151 @@
+"""Model commands: ``run``, ``compare``, ``selftest``, ``campaign``, ``review`` — traces and the series' tests
+replayed on the model only (nothing here touches the live kernel, except ``selftest --live`` and
+``--host-knobs``, which read it)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import thpsim.cli.options as O
+from thpsim.cli.common import (
+    EXIT_DIFF,
+    EXIT_OK,
+    Command,
+    emit_json,
+    format_steps,
+    load_trace,
+    out,
+    report_expectations,
+)
+
+__all__ = ["COMMANDS", "cmd_run", "cmd_compare", "cmd_selftest", "cmd_campaign", "cmd_review"]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from thpsim.model.engine import run_model
+    from thpsim.observation import to_dict
+
+    trace = load_trace(args.trace)
+    run = run_model(trace, design=args.design, arch=args.arch, knobs=O.knobs(args), policy=O.policy(args),
+                    check=args.check, shadow=not args.no_shadow, observe="status" if args.brief else "full")
+    if args.json:
+        emit_json({"trace": trace.header.name or args.trace, "design": args.design, "arch": args.arch,
+                   "steps": [to_dict(s) for s in run.steps], "peak_pgtables_bytes": run.peak_pgtables_bytes,
+                   "final_pgtables_bytes": run.final_pgtables_bytes, "violations": run.violations})
+    else:
+        out(format_steps(trace, run.steps, title=f"{trace.header.name or args.trace}: model, design "
+                                                 f"{run.design}, arch {args.arch}"))
+        out(f"peak page tables {run.peak_pgtables_bytes // 1024} kB, final {run.final_pgtables_bytes // 1024} kB"
+            + (f"; {len(run.violations)} data-contract violation(s)" if run.violations else ""))
+    return report_expectations(trace, run.steps, args.design)
+
+
+def _setup_run(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace")
+    O.add_model_opts(p)
+    O.add_inject_opts(p)
+    p.add_argument("--check", action="store_true", help="verify the model invariants after every step")
+    p.add_argument("--no-shadow", action="store_true", help="skip the shadow-memory data-contract check")
+    p.add_argument("--brief", action="store_true", help="status values only (no smaps / page map): much faster "
+                   "on long traces")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from thpsim.analysis.compare import compare_trace, format_comparison
+
+    trace = load_trace(args.trace)
+    c = compare_trace(trace, designs=args.designs or ("upstream", "lazy"), arch=args.arch, knobs=O.knobs(args),
+                      policy=O.policy(args))
+    if args.json:
+        emit_json(c)
+    else:
+        out(format_comparison(c))
+    return EXIT_OK
+
+
+def _setup_compare(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace")
+    O.DESIGNS_OPT.with_(help="comma-separated designs (default upstream,lazy)").add(p)
+    O.add_model_opts(p, design=None)
+    O.add_inject_opts(p)
+
+
+def cmd_selftest(args: argparse.Namespace) -> int:
+    if args.live:
+        from thpsim.analysis.selftest_live import format_tap_live, run_selftests_live
+
+        results = run_selftests_live()
+        if args.json:
+            emit_json(results)
+        else:
+            out(format_tap_live(results))
+        return EXIT_OK if all(r.ok for r in results.tests) else EXIT_DIFF
+    from thpsim.analysis.selftest import format_tap, run_selftests
+
+    res = run_selftests(design=args.design, inject=args.inject, arch=args.arch)
+    if args.json:
+        emit_json(res)
+    else:
+        out(format_tap(res))
+    return EXIT_DIFF if any(r.status == "fail" for r in res) else EXIT_OK
+
+
+def _setup_selftest(p: argparse.ArgumentParser) -> None:
+    O.add_model_opts(p, design=O.SERIES_DESIGN, knobs=False)
+    p.add_argument("--inject", action="store_true", help="fail the split's table allocation")
+    p.add_argument("--live", action="store_true", help="run them on the running kernel")
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from thpsim.analysis.campaign import exhaustive, format_campaign
+
+    trace = load_trace(args.trace)
+    sites = tuple(args.sites.split(",")) if args.sites else None
+    r = exhaustive(trace, design=args.design, arch=args.arch, sites=sites, knobs=O.knobs(args),
+                   workers=args.workers, mode="checkpoint" if args.checkpoint else "replay")
+    if args.json:
+        emit_json(r)
+    else:
+        out(format_campaign(r))
+    return EXIT_DIFF if r.invariant_violations else EXIT_OK
+
+
+def _setup_campaign(p: argparse.ArgumentParser) -> None:
+    p.add_argument("trace")
+    O.add_model_opts(p, design=O.SERIES_DESIGN)
+    p.add_argument("--sites", help="comma-separated site prefixes to fail (default: all)")
+    O.WORKERS.add(p)
+    p.add_argument("--checkpoint", action="store_true", help="restore a snapshot instead of replaying the prefix")
+
+
+def cmd_review(args: argparse.Namespace) -> int:
+    from thpsim.analysis.review import format_review, review_table
+
+    kw: dict[str, Any] = {"n": args.n}
+    if args.reserves is not None:
+        kw["reserve_pages"] = args.reserves
+    rows = review_table(**kw)
+    if args.json:
+        emit_json(rows)
+    else:
+        out(format_review(rows))
+    return EXIT_OK
+
+
+def _setup_review(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--n", type=int, default=1000, help="processes sharing the THP in Hugh's reclaim case")
+    # not fault injection's --reserves (a size beyond the budget): a page count for review's reclaim case
+    p.add_argument("--reserves", type=int, help="PF_MEMALLOC reserve pages (default: n/2)")
+
+
+COMMANDS = (
+    Command("run", cmd_run, "replay a trace on the model and print the per-step observations", _setup_run),
+    Command("compare", cmd_compare, "replay a trace under several designs and compare page-table memory",
+            _setup_compare),
+    Command("selftest", cmd_selftest, "the series' five kselftests (TAP 13) on the model or the live kernel",
+            _setup_selftest),
+    Command("campaign", cmd_campaign, "fail every allocation point of a trace in turn and report outcomes",
+            _setup_campaign),
+    Command("review", cmd_review, "the v3 review's open problems, measured for lazy and the variants", _setup_review),
+)
