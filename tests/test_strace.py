@@ -225,6 +225,19 @@ def test_perf_faults_become_writes_and_reads() -> None:
         import_strace(log, touch="perf")
 
 
+def test_cli_import_strace_reads_the_perf_faults_file(tmp_path) -> None:
+    # `thpsim import-strace --touch perf --faults FILE` handed the parsed samples to import_strace, which wants
+    # the text: a TypeError traceback before
+    log = tmp_path / "s.log"
+    log.write_text(f"7 1000.000000 mmap(NULL, 4194304, {ANON}) = 0x7f0000000000\n"
+                   "7 1000.100000 munmap(0x7f0000000000, 4194304) = 0\n")
+    perf = tmp_path / "faults.txt"
+    perf.write_text(" 7 1000.010000: exceptions:page_fault_user: address=0x7f0000000005 ip=0x1 error_code=0x6\n")
+    out = tmp_path / "t.jsonl"
+    assert main(["import-strace", str(log), "--touch", "perf", "--faults", str(perf), "-o", str(out)]) == 0
+    assert [o.kind for o in fmt.load(str(out)).ops] == ["mmap", "write", "munmap"]
+
+
 def test_generated_text_is_a_valid_trace_and_deterministic() -> None:
     log = f"mmap(NULL, 4096, {ANON}) = 0x7f0000000000\n"
     a, b = import_strace(log), import_strace(log)

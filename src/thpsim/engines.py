@@ -56,7 +56,6 @@ class RunSummary:
 @dataclass(frozen=True)
 class EngineRun:
     path: str
-    engine: str
     steps: tuple[StepObs, ...]
     error: str | None
     summary: RunSummary
@@ -106,7 +105,7 @@ class ModelEngine:
             mr = run_model(map_trace(t, self.geometry) if self.geometry else t, design=self.design,
                            arch=self.arch, knobs=self.knobs, check=self.check, observe=self.observe)
             steps = tuple(mr.steps)
-            out.append(EngineRun(path, self.name, steps, None, RunSummary.of(steps), mr))
+            out.append(EngineRun(path, steps, None, RunSummary.of(steps), mr))
         return EngineBatch(tuple(out))
 
 
@@ -125,5 +124,5 @@ class LiveEngine:
         runs = []
         for path in traces:
             tl = batch.get(path)
-            runs.append(EngineRun(path, self.name, tl.steps, tl.error, RunSummary.of(tl.steps)))
+            runs.append(EngineRun(path, tl.steps, tl.error, RunSummary.of(tl.steps)))
         return EngineBatch(tuple(runs), batch.env)

@@ -14,7 +14,10 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from thpsim.engines import EngineBatch, LiveEngine, ModelEngine
+from thpsim.live.procfs import vmstat_drift
 from thpsim.observation import NOISY_ALWAYS, ProcObs, StepObs
+from thpsim.trace.format import MODEL_ONLY_OPS
 
 PROC_FIELDS = ("vm_pte_kb", "vm_rss_kb", "rss_anon_kb", "vm_lck_kb", "vm_swap_kb")
 VMA_FIELDS = ("perms", "rss_kb", "anonymous_kb", "anon_huge_kb", "lazyfree_kb", "locked_kb", "swap_kb")
@@ -185,9 +188,6 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
     The retry policy lives here only: a trace whose run something outside it disturbed (:func:`_disturbed`)
     is observed again, up to HOST_WIDE_RETRIES times. Returns (the kernel's LiveEnv, diffs).
     """
-    from thpsim.engines import EngineBatch, LiveEngine, ModelEngine
-    from thpsim.trace.format import MODEL_ONLY_OPS
-
     live = LiveEngine(kernel, guest, stderr)
     batch = live.run(traces)
     env = batch.env
@@ -213,8 +213,6 @@ def diff_live(traces: dict[str, Any], *, design: str = "upstream", kernel: str |
         compare(live.run({p: traces[p] for p in again}), again, True)
     still = [p for p, td in out.items() if _disturbed(td.diff) and td.diff.background_collapse is None]
     if still and kernel in (None, "host"):   # a lab guest runs nothing else; the host may
-        from thpsim.live.procfs import vmstat_drift
-
         fields = {f for p in still for f in _host_wide(out[p].diff)}
         drift = vmstat_drift(fields, NOISE_PROBE_SECONDS)
         for p in still:

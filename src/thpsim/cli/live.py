@@ -122,7 +122,17 @@ def _diff_row(td: Any, rnd: int) -> dict[str, Any]:
             "host_noise": dict(td.host_noise),
             "compared_steps": d.compared_steps, "note": td.note,
             "mismatches": [dataclasses.asdict(m) for m in d.exact],
-            "noisy": [dataclasses.asdict(m) for m in d.noisy]}
+            "noisy": [dataclasses.asdict(m) for m in d.noisy],
+            # what each engine measured, the same way from its observations (thpsim.engines.RunSummary)
+            "summary": {"model": _summary(td.model_steps), "live": _summary(td.live_steps)}}
+
+
+def _summary(steps: Any) -> dict[str, Any]:
+    from thpsim.engines import RunSummary
+
+    s = RunSummary.of(tuple(steps))
+    return {"steps": s.steps, "peak_vm_pte_kb": s.peak_vm_pte_kb, "final_vm_pte_kb": s.final_vm_pte_kb,
+            "counters": dict(s.counters), "failed_allocations": s.failed_allocations, "errors": s.errors}
 
 
 def _diff_status(td: Any, strict: bool) -> int:

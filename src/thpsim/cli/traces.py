@@ -48,11 +48,9 @@ def cmd_import_strace(args: argparse.Namespace) -> int:
 
     kw: dict[str, Any] = {"touch": args.touch, "strict": args.strict}
     if args.faults:
-        from thpsim.trace.strace import parse_perf_faults
-
         try:
             with open(args.faults, encoding="utf-8", errors="replace") as f:
-                kw["faults"] = parse_perf_faults(f.read())
+                kw["faults"] = f.read()      # the perf script text: import_strace parses and aligns it
         except OSError as e:
             raise ThpsimError(f"cannot read {args.faults}: {e.strerror}") from None
     res = import_strace_file(args.file, **kw)

@@ -117,11 +117,6 @@ def parse_keyed(text: str) -> dict[str, str]:
     return out
 
 
-def is_vma_header(line: str) -> bool:
-    """Is ``line`` a VMA header line of /proc/PID/maps, smaps or smaps_rollup?"""
-    return _VMA_HDR.match(line) is not None
-
-
 def parse_flat(text: str, fname: str, *, kb: bool = False, required: tuple[str, ...] = ()) -> dict[str, int]:
     """Parse 'name value' (/proc/vmstat) or 'Name: value kB' (/proc/meminfo) text into a dict."""
     out: dict[str, int] = {}
