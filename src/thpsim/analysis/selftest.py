@@ -23,7 +23,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from thpsim.model import memory
+from thpsim.model import uaccess
 from thpsim.model.arch import get_arch
 from thpsim.model.engine import Simulator, make_kernel
 from thpsim.model.knobs import Knobs
@@ -115,7 +115,7 @@ class _Ctx:
         mm = k.procs["main"]
         a = self.base + off
         self.ops.append({"op": "read", "at": off, "len": 1})
-        res, raw, _ = memory.access(k, mm, a, a + 1, write=False, stride=1, fill=False, byte=0)
+        res, raw, _ = uaccess.access(k, mm, a, a + 1, write=False, stride=1, fill=False, byte=0)
         if res != 0:
             raise AssertionError(f"load at A+{off:#x}: {res}")
         return raw[0]

@@ -36,13 +36,13 @@ from thpsim.model import (
     invariants,
     khugepaged,
     madvise,
-    memory,
     migrate_device,
     mlock,
     mmap,
     mprotect,
     mremap,
     task_mmu,
+    uaccess,
     userfaultfd,
     vmscan,
 )
@@ -239,7 +239,7 @@ def _madvise(sim: Simulator, mm: MM, op: Madvise, a: int) -> OpResult:
 
 @_op(Write, "user store (handle_mm_fault on a miss)")
 def _write(sim: Simulator, mm: MM, op: Write, a: int) -> OpResult:
-    res, _raw, pages = memory.access(sim.k, mm, a, a + op.length, write=True, stride=op.stride, fill=op.fill,
+    res, _raw, pages = uaccess.access(sim.k, mm, a, a + op.length, write=True, stride=op.stride, fill=op.fill,
                                      byte=op.byte)
     if sim.shadow:
         sim.shadow.user_write(op.proc, pages, op.byte)
@@ -248,7 +248,7 @@ def _write(sim: Simulator, mm: MM, op: Write, a: int) -> OpResult:
 
 @_op(Read, "user load (handle_mm_fault on a miss)")
 def _read(sim: Simulator, mm: MM, op: Read, a: int) -> OpResult:
-    res, raw, _pages = memory.access(sim.k, mm, a, a + op.length, write=False, stride=op.stride, fill=False,
+    res, raw, _pages = uaccess.access(sim.k, mm, a, a + op.length, write=False, stride=op.stride, fill=False,
                                      byte=0xAA)
     return res, (read_digest(raw) if res == 0 else None)
 

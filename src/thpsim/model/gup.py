@@ -10,14 +10,14 @@ Left out: GUP-fast, FOLL_LONGTERM migration out of movable zones, unsharing of R
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, memory
+from thpsim.model import huge_memory, memory, uaccess
 from thpsim.model.errnos import EFAULT, ENOMEM
 from thpsim.model.kernel import MM, VM_FAULT_OK, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd
-from thpsim.model.rmap import _maybe_free
+from thpsim.model.rmap import folio_put
 from thpsim.model.vma import VM_LOCKONFAULT, VM_READ, VM_WRITE
 
-__all__ = ["get_user_pages", "mm_populate", "unpin_all"]
+__all__ = ["fault_in_range", "get_user_pages", "mm_populate", "unpin_all"]
 
 
 def mm_populate(k: Kernel, mm: MM, start: int, end: int) -> int:
@@ -26,7 +26,7 @@ def mm_populate(k: Kernel, mm: MM, start: int, end: int) -> int:
     for v in mm.vmas.overlapping(start, end):
         if v.flags & VM_LOCKONFAULT or not v.flags & (VM_READ | VM_WRITE):
             continue
-        rc = memory.fault_in_range(k, mm, max(v.start, start), min(v.end, end), write=v.writable)
+        rc = fault_in_range(k, mm, max(v.start, start), min(v.end, end), write=v.writable)
         if rc != VM_FAULT_OK:
             return ENOMEM
     return 0
@@ -41,7 +41,7 @@ def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ..
         vma = mm.vmas.find(a)
         if vma is None:
             return done or EFAULT
-        if memory.fault_in_range(k, mm, a, a + k.page, write=write) != VM_FAULT_OK:
+        if fault_in_range(k, mm, a, a + k.page, write=write) != VM_FAULT_OK:
             return done or EFAULT
         if ("split_pmd" in flags and isinstance(mm.pt.slot(a), HugePmd)
                 and huge_memory.__split_huge_pmd(k, mm, vma, a, caller="follow_pmd_mask") != 0):
@@ -66,4 +66,25 @@ def get_user_pages(k: Kernel, mm: MM, start: int, end: int, flags: tuple[str, ..
 def unpin_all(k: Kernel, mm: MM) -> None:
     for f in k.pins.pop(mm.name, []):
         f.pins -= 1
-        _maybe_free(k, f)
+        folio_put(k, f)
+
+
+def fault_in_range(k: Kernel, mm: MM, start: int, end: int, *, write: bool) -> int:
+    """populate_vma_page_range / faultin_page_range: fault every page (0 or a VM_FAULT code).
+
+    GUP does not retry a VM_FAULT_OOM: faultin_page() turns it into -ENOMEM at once (vm_fault_to_errno,
+    mm/gup.c), unlike a user fault, which pagefault_out_of_memory() retries (issue 9 item 4: the model used to
+    retry it max_retries times, inflating thp_split_pmd_failed ~1000x)."""
+    page = k.page
+    a = start
+    while a < end:
+        if uaccess.translate(k, mm, a, write) is None:
+            rc = memory.handle_mm_fault(k, mm, a, write)
+            if rc != VM_FAULT_OK:
+                return rc
+        # skip to the end of a huge mapping quickly
+        if isinstance(mm.pt.slot(a), HugePmd):
+            a = (a | (k.pmd_size - 1)) + 1
+        else:
+            a += page
+    return VM_FAULT_OK

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thpsim.errors import LivelockDetected
-from thpsim.model import huge_memory, khugepaged, memory, rmap, vmscan
+from thpsim.model import gup, huge_memory, khugepaged, memory, rmap, vmscan
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
@@ -219,7 +219,7 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
 def _populate(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, write: bool) -> int:
     if not v.readable or (write and not v.writable):
         return EINVAL   # measured on 6.18 for PROT_NONE; the write-to-read-only case is assumed the same
-    rc = memory.fault_in_range(k, mm, start, end, write=write)
+    rc = gup.fault_in_range(k, mm, start, end, write=write)
     if rc == VM_FAULT_SIGSEGV:
         return EFAULT
     if rc != VM_FAULT_OK:

@@ -30,7 +30,7 @@ from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
 from thpsim.model.vma import Vma
 
 __all__ = ["deferred_split_folio", "folio_add_anon_rmap_pmd", "folio_add_anon_rmap_ptes",
-           "folio_add_new_anon_rmap", "folio_maybe_mapped_shared", "folio_remove_rmap_pmd",
+           "folio_add_new_anon_rmap", "folio_put", "folio_maybe_mapped_shared", "folio_remove_rmap_pmd",
            "folio_remove_rmap_ptes", "mms_mapping", "rmap_walk", "try_to_migrate", "try_to_unmap",
            "vma_ptes_of"]
 
@@ -87,7 +87,8 @@ def folio_add_anon_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int
         mm.anon_pages += len(idxs)
 
 
-def _maybe_free(k: Kernel, f: Folio) -> bool:
+def folio_put(k: Kernel, f: Folio) -> bool:
+    """folio_put() of the model's implicit reference: free the folio once nothing maps or pins it."""
     if f.total_mapcount() == 0 and f.pins == 0:
         k.folio_free(f)
         return True
@@ -121,7 +122,7 @@ def folio_remove_rmap_pmd(k: Kernel, mm: MM, f: Folio, *, count_rss: bool = True
     k.vmstat.nr_anon_pages -= before - _mapped_pages(f)
     if count_rss:
         mm.anon_pages -= f.nr
-    if not _maybe_free(k, f) and partially:
+    if not folio_put(k, f) and partially:
         deferred_split_folio(k, f, True)
 
 
@@ -144,7 +145,7 @@ def folio_remove_rmap_ptes(k: Kernel, mm: MM, f: Folio, idxs: range | list[int],
     k.vmstat.nr_anon_pages -= before - _mapped_pages(f)
     if count_rss:
         mm.anon_pages -= len(idxs)
-    if not _maybe_free(k, f) and partially:
+    if not folio_put(k, f) and partially:
         deferred_split_folio(k, f, True)
 
 
