@@ -190,6 +190,7 @@ class LiveEnv:
             collapse_needs_writable=self.old_behaviour,
             huge_zero_wp_thp=not self.old_behaviour,
             pte_batch_unmap=not self.old_behaviour,
+            lazyfree_pmd_discard=lazyfree_pmd_discard(self.kernel_release),
         )
 
     @property
@@ -233,13 +234,29 @@ def feature_notes(release: str, pm: PagemapFeatures, *, kpageflags: bool = True,
     return tuple(out)
 
 
+def lazyfree_pmd_discard(release: str) -> bool:
+    """Does reclaim discard a clean PMD-mapped lazyfree THP whole (Knobs.lazyfree_pmd_discard)? From 6.15
+    (Barry Song's "mm: Avoid splitting pmd for lazyfree pmd-mapped THP in try_to_unmap") until the stable fix
+    "mm/rmap: don't discard lazyfree THPs at PMD level" (7.3.2; the host's 6.18.44 has it too). Measured: 7.2.13
+    yes; 6.12, 6.18.44, 7.3.4 no (docs/findings.md L14). 6.15-6.17 and 7.0-7.1 follow 7.2; early 6.18.y are
+    unmeasured and follow 6.18.44."""
+    return not F.lacks(release, "6.15") and (F.lacks(release, "6.18") or
+                                             (not F.lacks(release, "7.0") and F.lacks(release, "7.3")))
+
+
 def behaviour_notes(release: str) -> tuple[str, ...]:
-    """A note where the model's per-release behaviour (LiveEnv.old_behaviour) is a guess, not a measurement."""
+    """A note where the model's per-release behaviour (LiveEnv.old_behaviour, lazyfree_pmd_discard) is a guess,
+    not a measurement."""
+    out: list[str] = []
     if F.lacks(release, NEW_BEHAVIOUR_MEASURED) and not F.lacks(release, "6.13"):
-        return (f"kernel {release}: the model follows 6.12 for the collapse writable rule, the huge-zero write "
-                f"fault and PTE-batched unmapping (measured on {OLD_BEHAVIOUR_MEASURED} and "
-                f"{NEW_BEHAVIOUR_MEASURED}; releases in between are not)",)
-    return ()
+        out.append(f"kernel {release}: the model follows 6.12 for the collapse writable rule, the huge-zero write "
+                   f"fault and PTE-batched unmapping (measured on {OLD_BEHAVIOUR_MEASURED} and "
+                   f"{NEW_BEHAVIOUR_MEASURED}; releases in between are not)")
+    if lazyfree_pmd_discard(release) and F.kernel_version(release) != (7, 2):
+        out.append(f"kernel {release}: the model discards a clean lazyfree THP at PMD level, as measured on 7.2.13 "
+                   "(releases 6.15-6.17 and 7.0-7.1 are not measured; a stable backport of \"mm/rmap: don't "
+                   "discard lazyfree THPs at PMD level\" would make them split first)")
+    return tuple(out)
 
 
 def op_notes(kind: str, advice: str | None, result: object, pm: PagemapFeatures,

@@ -46,6 +46,9 @@ class Knobs:
     huge_zero_wp_thp: bool = True          # a write to the huge zero PMD allocates a THP (6.12: split + 4K COW)
     pte_batch_unmap: bool = True           # collapse / lazyfree discard unmap a large folio in PTE batches
                                            # (6.12: one PTE at a time, so the folio is queued for deferred split)
+    # reclaim discards a clean PMD-mapped lazyfree THP at PMD level, without a split (__discard_anon_folio_pmd_
+    # locked: 6.15 until "mm/rmap: don't discard lazyfree THPs at PMD level", stable 7.3.2; measured on 7.2.13)
+    lazyfree_pmd_discard: bool = False
 
     def __post_init__(self) -> None:
         if self.thp_enabled not in THP_MODES:

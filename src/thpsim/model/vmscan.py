@@ -92,26 +92,50 @@ def _swap_out_vma(k: Kernel, f: Folio, mm: MM, vma: Vma) -> None:
         rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
 
 
-def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
-    """Reclaim of a MADV_FREE'd folio: discard it if still clean, else it becomes normal anon again.
-
-    Measured on 6.18: a PMD-mapped lazyfree THP is PMD-split first (thp_split_pmd +1; the table — the
-    withdrawn deposit, or a fresh one under the lazy design — stays as an empty PTE table) and then its PTEs are
-    discarded. The spec's no-split ``__discard_anon_folio_pmd_locked`` path was not taken (docs/findings.md).
-    """
-    maps = rmap.rmap_walk(k, f)
+def _lazyfree_dirty(k: Kernel, f: Folio) -> bool:
+    """Was the folio written after MADV_FREE (the folio's or any mapping's dirty bit)?"""
     dirty = f.dirty
-    for mm, addr, kind in maps:
+    for mm, addr, kind in rmap.rmap_walk(k, f):
         if kind == "pmd":
             hp = mm.pt.slot(addr)
             dirty = dirty or (isinstance(hp, HugePmd) and hp.dirty)
         else:
             pte = mm.pt.get_pte(addr)
             dirty = dirty or (pte is not None and pte.dirty)
-    if dirty:
-        f.swapbacked = True   # re-dirtied after MADV_FREE: becomes normal anon again
+    return dirty
+
+
+def _discard_lazyfree_pmd(k: Kernel, f: Folio) -> str:
+    """7.2.13's try_to_unmap_one → unmap_huge_pmd_locked → __discard_anon_folio_pmd_locked: a PMD-mapped lazyfree
+    folio is discarded whole — the PMD cleared without a split and its deposit freed — or, when it was
+    re-dirtied, made swap-backed again with its PMD kept (walk_abort; no split either)."""
+    if _lazyfree_dirty(k, f):
+        f.swapbacked = True
         return "kept"
+    for mm, addr, _kind in rmap.rmap_walk(k, f):
+        huge_memory.zap_huge_pmd(k, mm, addr)     # pmdp_huge_clear_flush, zap_deposited_table, MM_ANONPAGES -512
+    return "discarded"
+
+
+def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
+    """Reclaim of a MADV_FREE'd folio: discard it if still clean, else it becomes normal anon again.
+
+    Since "mm/rmap: don't discard lazyfree THPs at PMD level" (stable 7.3.2; the host's 6.18.44 behaves the
+    same) try_to_unmap_one no longer sends a PMD-mapped lazyfree folio to ``unmap_huge_pmd_locked``:
+    shrink_folio_list's TTU_SPLIT_HUGE_PMD splits every PMD mapping first (thp_split_pmd +1; the table — the
+    withdrawn deposit, or a fresh one under the lazy design — stays as an empty PTE table) and
+    ``ttu_anon_lazyfree_folio`` then checks each PTE batch: re-dirtied → swap-backed again and the PTEs restored
+    (the folio stays PTE-mapped), else the PTEs are discarded. Kernels before it (measured on 7.2.13; knob
+    ``lazyfree_pmd_discard``) discard at PMD level without a split (docs/findings.md L14).
+    """
+    pmd_mapped = f.large and any(kind == "pmd" for _mm, _a, kind in rmap.rmap_walk(k, f))
+    if pmd_mapped and k.knobs.lazyfree_pmd_discard and all(
+            kind == "pmd" for _mm, _a, kind in rmap.rmap_walk(k, f)):
+        return _discard_lazyfree_pmd(k, f)
     if f.large and not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
+        return "kept"
+    if _lazyfree_dirty(k, f):
+        f.swapbacked = True   # re-dirtied after MADV_FREE: becomes normal anon again (PTE-mapped if split)
         return "kept"
     # batched unmap of a lazyfree large folio (folio_unmap_pte_batch): one rmap removal per mm
     per_mm: dict[str, tuple[MM, list[int]]] = {}
