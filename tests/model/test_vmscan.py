@@ -9,7 +9,7 @@ THPs at PMD level", stable 7.3.2, and on the host's 6.18.44 reclaim splits first
 from __future__ import annotations
 
 import pytest
-from vmtest import A, DESIGNS, THP, K, ev, kernel, mapped, thp
+from vmtest import DESIGNS, THP, A, K, ev, kernel, mapped, thp
 
 from thpsim.live.env import lazyfree_pmd_discard
 from thpsim.model import madvise, uaccess
