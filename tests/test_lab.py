@@ -7,7 +7,6 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,11 +206,7 @@ def test_kmsg_stacks_are_classified_with_the_model_vocabulary():
 
 # ---- guests (need a cached lab kernel and QEMU) --------------------------------------------------------------
 def _guest_skip(name: str) -> str | None:
-    if shutil.which("qemu-system-x86_64") is None:
-        return "qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)"
-    if build.find_built(name) is None:
-        return f"lab kernel {name} is not built here (thpsim lab build {name}, about 7-20 min on 2 cores)"
-    return None
+    return guest.guest_unavailable(name)
 
 
 def _thpsim_in(name: str, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess[str]:

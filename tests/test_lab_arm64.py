@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -139,11 +138,7 @@ def test_unbuilt_or_stale_arm64_kernel_says_what_to_run(tmp_path, monkeypatch):
 
 # ---- a real boot (needs `thpsim lab build arm64-16k` and qemu-system-aarch64) ---------------------------------
 def _skip() -> str | None:
-    if shutil.which("qemu-system-aarch64") is None:
-        return "qemu-system-aarch64 is not installed (apt-get install qemu-system-arm)"
-    if build.find_built("arm64-16k") is None:
-        return "lab kernel arm64-16k is not fetched here (thpsim lab build arm64-16k, a download)"
-    return None
+    return guest.guest_unavailable("arm64-16k")
 
 
 @pytest.mark.slow

@@ -58,8 +58,11 @@ class EngineRun:
     path: str
     steps: tuple[StepObs, ...]
     error: str | None
-    summary: RunSummary
     model: ModelRun | None = None     # the model engine's full record (allocations per call site, ...)
+
+    @property
+    def summary(self) -> RunSummary:
+        return RunSummary.of(self.steps)
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,7 @@ class ModelEngine:
             mr = run_model(map_trace(t, self.geometry) if self.geometry else t, design=self.design,
                            arch=self.arch, knobs=self.knobs, check=self.check, observe=self.observe)
             steps = tuple(mr.steps)
-            out.append(EngineRun(path, steps, None, RunSummary.of(steps), mr))
+            out.append(EngineRun(path, steps, None, mr))
         return EngineBatch(tuple(out))
 
 
@@ -124,5 +127,5 @@ class LiveEngine:
         runs = []
         for path in traces:
             tl = batch.get(path)
-            runs.append(EngineRun(path, tl.steps, tl.error, RunSummary.of(tl.steps)))
+            runs.append(EngineRun(path, tl.steps, tl.error))
         return EngineBatch(tuple(runs), batch.env)

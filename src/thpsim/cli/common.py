@@ -44,6 +44,14 @@ def emit_json(obj: Any) -> None:
     out(json.dumps(obj, indent=1, sort_keys=False, default=_default))
 
 
+def emit(args: Any, value: Any, text: Callable[[], str]) -> None:
+    """A command's result: ``value`` as JSON with --json, else the human-readable ``text()``."""
+    if args.json:
+        emit_json(value)
+    else:
+        out(text())
+
+
 def _default(o: Any) -> Any:
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return dataclasses.asdict(o)

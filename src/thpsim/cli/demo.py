@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from thpsim.cli.common import EXIT_OK, Command, emit_json, out
+from thpsim.cli.common import EXIT_OK, Command, emit
 
 __all__ = ["COMMANDS", "cmd_demo"]
 
@@ -15,10 +15,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     outdir = args.output or "."
     res = run_demo(outdir, live=not args.no_live)
-    if args.json:
-        emit_json(res)
-    else:
-        out(demo_text(res))
+    emit(args, res, lambda: demo_text(res))
     return EXIT_OK
 
 

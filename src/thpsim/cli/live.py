@@ -14,6 +14,7 @@ from thpsim.cli.common import (
     EXIT_DIFF,
     EXIT_OK,
     Command,
+    emit,
     emit_json,
     format_steps,
     load_trace,
@@ -289,10 +290,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     from thpsim.live.probe import format_probe, probe
 
     p = probe()
-    if args.json:
-        emit_json(p)
-    else:
-        out(format_probe(p))
+    emit(args, p, lambda: format_probe(p))
     return EXIT_OK
 
 

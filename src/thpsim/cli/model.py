@@ -12,6 +12,7 @@ from thpsim.cli.common import (
     EXIT_DIFF,
     EXIT_OK,
     Command,
+    emit,
     emit_json,
     format_steps,
     load_trace,
@@ -57,10 +58,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace)
     c = compare_trace(trace, designs=args.designs or ("upstream", "lazy"), arch=args.arch, knobs=O.knobs(args),
                       policy=O.policy(args))
-    if args.json:
-        emit_json(c)
-    else:
-        out(format_comparison(c))
+    emit(args, c, lambda: format_comparison(c))
     return EXIT_OK
 
 
@@ -76,18 +74,12 @@ def cmd_selftest(args: argparse.Namespace) -> int:
         from thpsim.analysis.selftest_live import format_tap_live, run_selftests_live
 
         results = run_selftests_live()
-        if args.json:
-            emit_json(results)
-        else:
-            out(format_tap_live(results))
+        emit(args, results, lambda: format_tap_live(results))
         return EXIT_OK if all(r.ok for r in results.tests) else EXIT_DIFF
     from thpsim.analysis.selftest import format_tap, run_selftests
 
     res = run_selftests(design=args.design, inject=args.inject, arch=args.arch)
-    if args.json:
-        emit_json(res)
-    else:
-        out(format_tap(res))
+    emit(args, res, lambda: format_tap(res))
     return EXIT_DIFF if any(r.status == "fail" for r in res) else EXIT_OK
 
 
@@ -104,10 +96,7 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     sites = tuple(args.sites.split(",")) if args.sites else None
     r = exhaustive(trace, design=args.design, arch=args.arch, sites=sites, knobs=O.knobs(args),
                    workers=args.workers, mode="checkpoint" if args.checkpoint else "replay")
-    if args.json:
-        emit_json(r)
-    else:
-        out(format_campaign(r))
+    emit(args, r, lambda: format_campaign(r))
     return EXIT_DIFF if r.invariant_violations else EXIT_OK
 
 
@@ -126,10 +115,7 @@ def cmd_review(args: argparse.Namespace) -> int:
     if args.reserves is not None:
         kw["reserve_pages"] = args.reserves
     rows = review_table(**kw)
-    if args.json:
-        emit_json(rows)
-    else:
-        out(format_review(rows))
+    emit(args, rows, lambda: format_review(rows))
     return EXIT_OK
 
 

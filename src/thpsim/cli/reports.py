@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 import thpsim.cli.options as O
-from thpsim.cli.common import EXIT_DIFF, EXIT_OK, Command, emit_json, out
+from thpsim.cli.common import EXIT_DIFF, EXIT_OK, Command, emit, emit_json, out
 
 __all__ = ["COMMANDS", "cmd_report", "cmd_estimate", "cmd_snapshot", "cmd_vmpte_check"]
 
@@ -64,16 +64,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     if args.snapshot and (len(args.snapshot) > 1 or args.scheduler):
         f = est.estimate_fleet(args.snapshot, scheduler=args.scheduler, workers=args.workers)
-        if args.json:
-            emit_json(f)
-        else:
-            out(est.format_fleet(f))
+        emit(args, f, lambda: est.format_fleet(f))
         return EXIT_DIFF if f.failures else EXIT_OK
     e = est.estimate_snapshot(load_snapshot(args.snapshot[0])) if args.snapshot else est.estimate_live()
-    if args.json:
-        emit_json(e)
-    else:
-        out(est.format_estimate(e, top=args.top))
+    emit(args, e, lambda: est.format_estimate(e, top=args.top))
     return EXIT_OK
 
 

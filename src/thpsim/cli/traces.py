@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 import thpsim.cli.options as O
-from thpsim.cli.common import EXIT_OK, Command, emit_json, load_trace, out, write_text
+from thpsim.cli.common import EXIT_OK, Command, emit, emit_json, load_trace, out, write_text
 from thpsim.errors import ThpsimError
 
 __all__ = ["COMMANDS", "cmd_generate", "cmd_import_strace", "cmd_record", "cmd_validate"]
@@ -19,10 +19,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from thpsim.trace.generators import KINDS, generate
 
     if args.kind == "list":
-        if args.json:
-            emit_json(KINDS)
-        else:
-            out("\n".join(f"{k:<18} {v}" for k, v in KINDS.items()))
+        emit(args, KINDS, lambda: "\n".join(f"{k:<18} {v}" for k, v in KINDS.items()))
         return EXIT_OK
     size = tf.parse_size(args.size) if args.size else None
     trace = generate(args.kind, seed=args.seed, size=size)
@@ -100,10 +97,8 @@ def _setup_record(p: argparse.ArgumentParser) -> None:
 
 def cmd_validate(args: argparse.Namespace) -> int:
     trace = load_trace(args.trace)
-    if args.json:
-        emit_json({"trace": args.trace, "name": trace.header.name, "ops": len(trace.ops), "procs": trace.procs()})
-    else:
-        out(f"{args.trace}: valid trace v1, {len(trace.ops)} ops, processes {', '.join(trace.procs())}")
+    emit(args, {"trace": args.trace, "name": trace.header.name, "ops": len(trace.ops), "procs": trace.procs()},
+         lambda: f"{args.trace}: valid trace v1, {len(trace.ops)} ops, processes {', '.join(trace.procs())}")
     return EXIT_OK
 
 

@@ -37,7 +37,7 @@ from thpsim.lab.build import BuiltKernel, cache_root, find_built, fresh_initramf
 from thpsim.lab.kernels import HOST, get_kernel
 from thpsim.live.khugepaged import GUEST_SCAN_SLEEP_MS
 
-__all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_argv", "qemu_command", "THP_DIR"]
+__all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_unavailable", "guest_argv", "qemu_command", "THP_DIR"]
 
 THP_DIR = "kernel/mm/transparent_hugepage"
 PORTS = ("thpsim.out", "thpsim.err", "thpsim.status")
@@ -229,16 +229,25 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
         return GuestResult(HOST, p.returncode, "none", 0.0, round(time.monotonic() - t0, 3), None)
     spec = get_kernel(kernel)
     argv = guest_argv(argv, _guest_python(spec.arch))
+    why = guest_unavailable(kernel)
     bk = find_built(kernel)
-    if bk is None:
-        raise ThpsimError(f"lab kernel {kernel} is not built here: run `thpsim lab build {kernel}` first "
-                          f"({'about 20 min on 2 cores' if spec.kind == 'source' else 'a download'})")
-    qemu, qpkg = ("qemu-system-aarch64", "qemu-system-arm") if bk.arch == "arm64" else \
-        ("qemu-system-x86_64", "qemu-system-x86")
-    if shutil.which(qemu) is None:
-        raise ThpsimError(f"{qemu} is not installed: apt-get install {qpkg}")
+    if why or bk is None:
+        raise ThpsimError(why or f"lab kernel {kernel} is not built here")
     bk = fresh_initramfs(bk)
     return _boot(bk, argv, cfg, _accel(cfg, bk), stdout, stderr)
+
+
+def guest_unavailable(kernel: str) -> str | None:
+    """Why ``kernel``'s guest cannot boot here (not built, or its QEMU missing), with the fix; None if it can."""
+    spec = get_kernel(kernel)
+    if find_built(kernel) is None:
+        return (f"lab kernel {kernel} is not built here: run `thpsim lab build {kernel}` first "
+                f"({'about 20 min on 2 cores' if spec.kind == 'source' else 'a download'})")
+    qemu, qpkg = ("qemu-system-aarch64", "qemu-system-arm") if spec.arch == "arm64" else \
+        ("qemu-system-x86_64", "qemu-system-x86")
+    if shutil.which(qemu) is None:
+        return f"{qemu} is not installed: apt-get install {qpkg}"
+    return None
 
 
 def _boot(bk: BuiltKernel, argv: list[str], cfg: GuestConfig, accel: str, stdout: BinaryIO | None,

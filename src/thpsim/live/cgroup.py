@@ -27,23 +27,11 @@ import os
 from dataclasses import dataclass
 
 from thpsim.errors import ThpsimError
+from thpsim.live.procfs import parse_flat, read_text
 
-__all__ = ["CGROUP_THP_EVENTS", "RunCgroup", "cgroup2_mount", "enable_in_guest", "parse_memory_stat"]
+__all__ = ["CGROUP_THP_EVENTS", "RunCgroup", "cgroup2_mount", "enable_in_guest"]
 
 CGROUP_THP_EVENTS = ("thp_fault_alloc", "thp_collapse_alloc", "thp_swpout", "thp_swpout_fallback")
-
-
-def parse_memory_stat(text: str, source: str) -> dict[str, int]:
-    """``memory.stat`` as {key: value}; a garbled line is a one-line error naming ``source``:line."""
-    out: dict[str, int] = {}
-    for i, line in enumerate(text.splitlines(), 1):
-        parts = line.split()
-        if not parts:
-            continue
-        if len(parts) != 2 or not parts[1].isdigit():
-            raise ThpsimError(f"{source}:{i}: cannot read {line!r} (expected 'key value')")
-        out[parts[0]] = int(parts[1])
-    return out
 
 
 def cgroup2_mount(mounts: str = "/proc/self/mounts") -> str | None:
@@ -70,15 +58,10 @@ def _own_cgroup(proc: str = "/proc/self/cgroup") -> str | None:
     return None
 
 
-def _read(path: str) -> str:
-    with open(path, encoding="utf-8") as f:
-        return f.read()
-
-
 def enable_in_guest(root: str) -> None:
     """Inside a lab guest only: enable the memory controller for the root cgroup's children."""
-    with contextlib.suppress(OSError):
-        if "memory" not in _read(os.path.join(root, "cgroup.subtree_control")).split():
+    with contextlib.suppress(OSError, ThpsimError):
+        if "memory" not in read_text(os.path.join(root, "cgroup.subtree_control")).split():
             with open(os.path.join(root, "cgroup.subtree_control"), "w", encoding="utf-8") as f:
                 f.write("+memory")
 
@@ -100,9 +83,9 @@ class RunCgroup:
             return None, "no cgroup v2 hierarchy"
         parent = os.path.join(mnt, own.lstrip("/"))
         try:
-            ctl = _read(os.path.join(parent, "cgroup.subtree_control")).split()
-        except OSError as e:
-            return None, f"cannot read {parent}/cgroup.subtree_control: {os.strerror(e.errno or 0)}"
+            ctl = read_text(os.path.join(parent, "cgroup.subtree_control")).split()
+        except ThpsimError as e:
+            return None, str(e)
         if "memory" not in ctl:
             return None, f"the memory controller is not enabled for the children of {own} (cgroup.subtree_control)"
         path = os.path.join(parent, name)
@@ -125,10 +108,7 @@ class RunCgroup:
     def counters(self) -> dict[str, int]:
         """The cgroup's THP event counters (a counter this kernel's memory.stat lacks is absent)."""
         src = os.path.join(self.path, "memory.stat")
-        try:
-            stat = parse_memory_stat(_read(src), src)
-        except OSError as e:
-            raise ThpsimError(f"{src}: {os.strerror(e.errno or 0)}") from None
+        stat = parse_flat(read_text(src), src)     # a ProcError naming the file if unreadable or garbled
         return {k: stat[k] for k in CGROUP_THP_EVENTS if k in stat}
 
     def remove(self) -> None:

@@ -128,9 +128,8 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
     (the folio stays PTE-mapped), else the PTEs are discarded. Kernels before it (measured on 7.2.13; knob
     ``lazyfree_pmd_discard``) discard at PMD level without a split (docs/findings.md L14).
     """
-    pmd_mapped = f.large and any(kind == "pmd" for _mm, _a, kind in rmap.rmap_walk(k, f))
-    if pmd_mapped and k.knobs.lazyfree_pmd_discard and all(
-            kind == "pmd" for _mm, _a, kind in rmap.rmap_walk(k, f)):
+    kinds = {kind for _mm, _a, kind in rmap.rmap_walk(k, f)}
+    if f.large and k.knobs.lazyfree_pmd_discard and kinds == {"pmd"}:
         return _discard_lazyfree_pmd(k, f)
     if f.large and not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
         return "kept"
