@@ -94,7 +94,7 @@ def test_try_to_migrate_splits_every_pmd_mapping(design: str) -> None:
     """
     k, mm, child, f = forked_thp(design)
     bytes_before = k.vmstat.nr_pagetable_bytes
-    assert rmap.try_to_migrate(k, f, caller="t")
+    assert rmap.try_to_migrate(k, f, caller="t", memalloc=False)
     assert ev(k, "thp_split_pmd") == 2 and k.log.split_sites == ["t/try_to_migrate_one"] * 2
     assert (f.entire_mapcount, f.nr_pages_mapped) == (0, NR) and f.pte_mapcount == [2] * NR
     assert f.page_mapcount(0) == 2 and k.vmstat.nr_anon_thps == 0 and not f.partially_mapped
@@ -146,7 +146,7 @@ def test_lazy_prealloc_table_of_a_pte_mapped_vma_is_freed_uncounted() -> None:
     assert f is not None
     assert huge_memory.__split_huge_pmd(k, mm, mm.vmas.find(A), A, caller="t") == 0
     before = (k.vmstat.nr_pagetable_bytes, tables(mm))
-    assert rmap.try_to_migrate(k, f, caller="t")
+    assert rmap.try_to_migrate(k, f, caller="t", memalloc=False)
     assert k.alloc.per_site["pte_alloc_one@rmap_prealloc"] == 1
     assert (k.vmstat.nr_pagetable_bytes, tables(mm)) == before and ev(k, "thp_split_pmd") == 1
 

@@ -350,11 +350,13 @@ def change_huge_pmd(k: Kernel, mm: MM, haddr: int, hp: HugePmd, writable: bool) 
 
 
 # ---- folio split and the deferred-split queue -----------------------------------------------------------------
-def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
+def split_folio(k: Kernel, f: Folio, *, caller: str, memalloc: bool = False) -> bool:
     """split_folio() to order 0: unmap (PMD splits, freeze), split, remap; zero-filled pages → zero page.
 
     Returns True on success. Fails (thp_split_page_failed) if the folio is pinned or, under the lazy design,
-    if a PMD split in try_to_migrate_one had no table (the rmap walk bails out, ret = false).
+    if a PMD split in try_to_migrate_one had no table (the rmap walk bails out, ret = false). ``memalloc``: the
+    caller runs with PF_MEMALLOC (shrink_folio_list's split_folio_to_list, the deferred-split shrinker), so
+    try_to_migrate_one's table pre-allocation may dip into the reserves.
     """
     if f.freed or not f.large:
         return False
@@ -362,7 +364,7 @@ def split_folio(k: Kernel, f: Folio, *, caller: str) -> bool:
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False
-    if not rmap.try_to_migrate(k, f, caller=caller):
+    if not rmap.try_to_migrate(k, f, caller=caller, memalloc=memalloc):
         k.vmstat.count("thp_split_page_failed")
         k.vmstat.mthp["split_failed"] += 1
         return False
@@ -417,15 +419,19 @@ def thp_underused(k: Kernel, f: Folio) -> bool:
 
 
 def deferred_split_scan(k: Kernel) -> int:
-    """The deferred-split shrinker: split partially mapped folios, and underused ones (thp_underused)."""
+    """The deferred-split shrinker: split partially mapped folios, and underused ones (thp_underused).
+
+    Shrinkers run from reclaim (shrink_slab under kswapd or direct reclaim, both PF_MEMALLOC), so the splits
+    may take their tables from the reserves (issue 9 item 2).
+    """
     done = 0
     for f in list(k.deferred.values()):
         if f.freed:
             continue
         if f.partially_mapped:
-            if split_folio(k, f, caller="deferred_split_scan"):
+            if split_folio(k, f, caller="deferred_split_scan", memalloc=True):
                 done += 1
-        elif thp_underused(k, f) and split_folio(k, f, caller="deferred_split_scan"):
+        elif thp_underused(k, f) and split_folio(k, f, caller="deferred_split_scan", memalloc=True):
             k.vmstat.count("thp_underused_split_page")
             done += 1
         # otherwise the folio stays queued (the kernel puts it back on the list)

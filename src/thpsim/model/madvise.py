@@ -185,7 +185,7 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
             if nxt - addr == p:
                 # a whole PMD: COLD deactivates, PAGEOUT reclaims; no split here
                 if pageout:
-                    vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                    vmscan.shrink_folio(k, f, memalloc=True, caller="madvise_pageout")
                 continue
             if not huge_memory.split_folio(k, f, caller="madvise_cold_or_pageout_pte_range"):
                 continue
@@ -207,11 +207,11 @@ def _cold_pageout(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, pageout: b
                         i += n
                         continue
                     if pageout and not rmap.folio_maybe_mapped_shared(k, f):
-                        vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                        vmscan.shrink_folio(k, f, memalloc=True, caller="madvise_pageout")
                     i += n
                     continue
                 if pageout and f.refcount() == 1:
-                    vmscan.shrink_folio(k, f, memalloc=False, caller="madvise_pageout")
+                    vmscan.shrink_folio(k, f, memalloc=True, caller="madvise_pageout")
                 i += 1
     return 0
 

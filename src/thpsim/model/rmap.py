@@ -286,6 +286,7 @@ def vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
     return out
 
 
-def try_to_migrate(k: Kernel, f: Folio, *, caller: str) -> bool:
-    """The unmap_folio() step of a folio split (freeze): every PMD mapping becomes PTEs."""
-    return try_to_unmap(k, f, caller=f"{caller}/try_to_migrate_one", memalloc=False)
+def try_to_migrate(k: Kernel, f: Folio, *, caller: str, memalloc: bool) -> bool:
+    """The unmap_folio() step of a folio split (freeze): every PMD mapping becomes PTEs. ``memalloc`` is the
+    task's PF_MEMALLOC: try_to_migrate_one's pre-allocation inherits it from whoever split the folio."""
+    return try_to_unmap(k, f, caller=f"{caller}/try_to_migrate_one", memalloc=memalloc)

@@ -27,9 +27,9 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     if not f.swapbacked:
         return _discard_lazyfree(k, f, memalloc=memalloc, caller=caller)
     if f.large and f.partially_mapped:
-        return _split_and_keep(k, f, caller=caller, fallback=False)
+        return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=False)
     if not k.knobs.swap:
-        return _split_and_keep(k, f, caller=caller, fallback=True) if f.large else "activated"
+        return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=True) if f.large else "activated"
     if f.large and not k.knobs.thp_swap:
         return _split_and_swap(k, f, memalloc=memalloc, caller=caller)
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
@@ -48,10 +48,10 @@ def _count_swpout_fallback(k: Kernel) -> None:
     k.vmstat.mthp["swpout_fallback"] += 1
 
 
-def _split_and_keep(k: Kernel, f: Folio, *, caller: str, fallback: bool) -> str:
+def _split_and_keep(k: Kernel, f: Folio, *, memalloc: bool, caller: str, fallback: bool) -> str:
     """A partially mapped THP (deferred split), or a THP without swap (``fallback``: thp_swpout_fallback):
     split_folio_to_list and keep the pages; a failed split activates the folio."""
-    if not huge_memory.split_folio(k, f, caller=caller):
+    if not huge_memory.split_folio(k, f, caller=caller, memalloc=memalloc):
         return "activated"
     if fallback:
         _count_swpout_fallback(k)
@@ -61,7 +61,7 @@ def _split_and_keep(k: Kernel, f: Folio, *, caller: str, fallback: bool) -> str:
 def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
     """No CONFIG_THP_SWAP: split_folio_to_list, then the order-0 folios are swapped one by one."""
     where = rmap.rmap_walk(k, f)
-    if not huge_memory.split_folio(k, f, caller=caller):
+    if not huge_memory.split_folio(k, f, caller=caller, memalloc=memalloc):
         return "activated"
     _count_swpout_fallback(k)
     small: list[Folio] = []
