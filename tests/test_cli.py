@@ -105,7 +105,10 @@ def test_demo_without_live(capsys: pytest.CaptureFixture[str], tmp_path: os.Path
 def test_diff_command_exit_status(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run_cli(capsys, "diff", os.path.join(SCEN, "fault-thp-2m.jsonl"), "--json")
     assert rc == 0, out
-    assert json.loads(out)["results"][0]["identical"] is True
+    r = json.loads(out)["results"][0]
+    # a busy host moves host-wide thp_* counters (cgroup v1: none are the trace's own); the diff flags those
+    # and nothing else may differ (tests/test_model_more.py checks the flagging itself)
+    assert r["identical"] or r["identical_but_host_noise"], r
 
 
 @pytest.mark.live

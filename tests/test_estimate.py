@@ -401,6 +401,14 @@ def _anon_huge_kb(pid: str) -> int | None:
     return 0
 
 
+def _host_anon_huge_kb() -> int:
+    with open("/proc/meminfo") as f:
+        for ln in f:
+            if ln.startswith("AnonHugePages:"):
+                return int(ln.split()[1])
+    raise AssertionError("/proc/meminfo has no AnonHugePages")
+
+
 def _hand_total_kb() -> int:
     """Independent computation: Σ AnonHugePages over every readable /proc/*/smaps_rollup."""
     total = 0
@@ -457,8 +465,17 @@ def test_live_estimate_matches_hand_computation(thp_child: list[int]) -> None:
 @pytest.mark.parametrize("thp_child", ["fork"], indirect=True)
 def test_live_fork_counts_each_mapping(thp_child: list[int]) -> None:
     parent, child = thp_child
-    e = estimate_live()
-    rows = {p.pid: p for p in e.processes}
-    assert rows[parent].thps == 4 and rows[child].thps == 4         # one deposit per PMD mapping
+    for _ in range(5):
+        before = _host_anon_huge_kb()
+        e = estimate_live()
+        rows = {p.pid: p for p in e.processes}
+        assert rows[parent].thps == 4 and rows[child].thps == 4     # one deposit per PMD mapping
+        if before == e.host_anon_huge_kb == _host_anon_huge_kb():
+            break
+    else:
+        # meminfo's AnonHugePages is host-wide and read at one instant while each process's smaps is read at
+        # its own: another THP user (a busy host) makes "mappings - folios" off by its own THPs
+        pytest.skip("host AnonHugePages moved during each of 5 captures (another process faults THPs): "
+                    "the extra-mapping count cannot be checked here; the per-process counts were")
     assert e.extra_mappings >= 4                                     # meminfo counts the 4 folios once
     assert any("extra mappings" in b for b in e.blind_spots)
