@@ -151,8 +151,10 @@ def test_rmap_pmd_then_ptes_counts() -> None:
     mm = k.new_mm("t")
     f = Folio(1, 9, 512)
     from thpsim.model import rmap
+    from thpsim.model.vma import Vma
 
-    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True, vma=Vma(0, 2 << 20, 0, 0, anon_vma=7, avc=(7,)), addr=0)
+    assert f.mapping == 7 and f.index == 0
     assert (f.entire_mapcount, f.nr_pages_mapped, k.vmstat.nr_anon_thps, mm.anon_pages) == (1, 0, 1, 512)
     rmap.folio_add_anon_rmap_ptes(k, mm, f, range(512), count_rss=False)   # a PMD split
     rmap.folio_remove_rmap_pmd(k, mm, f, count_rss=False)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 from vmtest import DESIGNS, NR, THP, A, K, M, consistent, ev, kernel, mapped, pte_table, set_fail, tables, thp
 
-from thpsim.model import fork, huge_memory, memory, rmap
+from thpsim.model import fork, huge_memory, madvise, memory, rmap, userfaultfd
+from thpsim.model.exit import exit_mmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.page_alloc import FailPolicy
@@ -159,17 +160,32 @@ def test_upstream_try_to_unmap_never_allocates() -> None:
     assert "pte_alloc_one@rmap_prealloc" not in k.alloc.per_site
 
 
-def test_reclaim_pool_variant_takes_split_tables_from_the_pool() -> None:
+def test_reclaim_pool_variant_uses_the_allocator_first() -> None:
     """
-        main  0 |p0| ..... |p511| 2M     lazy-reclaim-pool: both rmap_one tables come from the reserved pool
-        child 0 |p0| ..... |p511| 2M     (no pte_alloc_one@rmap_prealloc), NR_PAGETABLE unchanged
+        main  0 |p0| ..... |p511| 2M     lazy-reclaim-pool with memory to spare: mempool_alloc() gets both
+        child 0 |p0| ..... |p511| 2M     rmap_one tables from the allocator; the pool is untouched
     """
     k, mm, child, f = forked_thp("lazy-reclaim-pool")
-    pool = k.reserve_pool
+    assert k.reserve_pool == 64 and rmap.try_to_unmap(k, f, caller="t", memalloc=True)
+    assert k.reserve_pool == 64 and k.alloc.per_site["pte_alloc_one@rmap_prealloc"] == 2
+    consistent(k)
+
+
+def test_reclaim_pool_variant_takes_from_the_pool_and_is_refilled_by_freed_tables() -> None:
+    """
+        main  0 |p0| ..... |p511| 2M     no memory left and no PF_MEMALLOC reserves: both tables come from
+        child 0 |p0| ..... |p511| 2M     the pool (NR_PAGETABLE unchanged: pool pages are page tables);
+                                         the child's exit frees its table, which goes back to the pool
+    """
+    k, mm, child, f = forked_thp("lazy-reclaim-pool")
+    k.alloc.set_policy(FailPolicy(budget_pages=k.alloc.pages_in_use), counted=0)
     bytes_before = k.vmstat.nr_pagetable_bytes
-    assert pool == 64 and rmap.try_to_unmap(k, f, caller="t", memalloc=True)
-    assert k.reserve_pool == pool - 2 and "pte_alloc_one@rmap_prealloc" not in k.alloc.per_site
-    assert k.vmstat.nr_pagetable_bytes == bytes_before and ev(k, "thp_split_pmd") == 2
+    assert rmap.try_to_unmap(k, f, caller="t", memalloc=True)
+    assert k.reserve_pool == 62 and ev(k, "thp_split_pmd") == 2
+    assert k.vmstat.nr_pagetable_bytes == bytes_before
+    consistent(k)
+    exit_mmap(k, child)
+    assert k.reserve_pool == 63        # mempool_free(): the first table freed refills the short pool
     consistent(k)
 
 
@@ -196,3 +212,85 @@ def test_split_folio_of_a_pinned_thp_fails() -> None:
     f.pins = 1
     assert not huge_memory.split_folio(k, f, caller="t")
     assert ev(k, "thp_split_page_failed") == 1 and ev(k, "thp_split_pmd") == 0 and f.entire_mapcount == 2
+
+
+def _family_with_a_bystander() -> tuple[Kernel, MM, Folio]:
+    """Issue 9 item 5: the anon_vma interval tree holds a VMA that does not map the folio.
+
+        main   0 |4K|         2M |<------ THP f ------>| 4M   fork "early" before f exists, "late" after
+        early  0 |4K|         2M |                     | 4M   (in main's anon_vma tree, maps nothing of f)
+        late   0 |4K|         2M |<------ THP f ------>| 4M
+    """
+    k = kernel("lazy")
+    mm = mapped(k, 0, 2 * THP)
+    memory.handle_mm_fault(k, mm, A, True)            # main's VMA gets its anon_vma
+    assert fork.do_fork(k, mm, "early") == 0
+    f = thp(k, mm, THP).folio
+    assert f is not None
+    assert fork.do_fork(k, mm, "late") == 0
+    return k, mm, f
+
+
+def _prealloc_callers(k: Kernel) -> int:
+    return sum(1 for r in k.alloc.log if r.site == "pte_alloc_one@rmap_prealloc")
+
+
+def test_rmap_walk_visits_every_vma_of_the_anon_vma_tree_until_the_folio_is_unmapped():
+    """try_to_migrate_one runs for main, early (pre-allocates, finds nothing, frees) and late: 3 tables taken,
+    2 used; none is left over."""
+    k, mm, f = _family_with_a_bystander()
+    assert huge_memory.split_folio(k, f, caller="t")
+    assert _prealloc_callers(k) == 3
+    assert ev(k, "thp_split_pmd") == 2
+    assert isinstance(mm.pt.slot(A + THP), PteTable) and isinstance(k.procs["late"].pt.slot(A + THP), PteTable)
+    consistent(k)       # the bystander's table was freed: nr_ptes and NR_PAGETABLE agree
+
+
+def test_a_failed_pre_allocation_for_a_bystander_vma_is_harmless():
+    """The second pre-allocation is early's; it fails, but early has no PMD mapping of f, so nothing bails
+    out: late's call gets the third allocation and the split succeeds (the model used to give late the
+    second one and fail the split)."""
+    k, mm, f = _family_with_a_bystander()
+    k.alloc.set_policy(FailPolicy(fail_site="pte_alloc_one@rmap_prealloc", fail_nth=2), counted=0)
+    assert huge_memory.split_folio(k, f, caller="t")
+    assert ev(k, "thp_split_pmd_failed") == 0 and ev(k, "thp_split_page") == 1
+    consistent(k)
+
+
+def test_the_walk_stops_once_no_mapping_is_left():
+    """
+        main   0 |<------ THP f ------>| 2M
+        child  0 |      (DONTNEED)     | 2M   in the tree after main, maps nothing of f any more
+
+    rmap_walk's done() (folio_not_mapped) ends the walk after main: the child's VMA is never visited, so one
+    pre-allocation, not two."""
+    k = kernel("lazy")
+    mm = mapped(k, 0, THP)
+    f = thp(k, mm).folio
+    assert f is not None
+    assert fork.do_fork(k, mm, "child") == 0
+    child = k.procs["child"]
+    assert madvise.do_madvise(k, child, A, THP, "dontneed") == 0
+    before = _prealloc_callers(k)
+    assert huge_memory.split_folio(k, f, caller="t")
+    assert _prealloc_callers(k) - before == 1
+    consistent(k)
+
+
+def test_uffdio_move_rehomes_the_folio_in_the_destination_anon_vma():
+    """
+        0 |<-- THP f -->| 2M ...... 4M |<-- (empty VMA) -->| 6M     UFFDIO_MOVE [0, 2M) → [4M, 6M)
+
+    move_pages_huge_pmd: folio_move_anon_rmap(folio, dst_vma) and folio->index = linear_page_index(dst_vma,
+    dst_addr), so the rmap walk (and the lazy design's pre-allocation) finds the destination VMA afterwards."""
+    k = kernel("lazy")
+    mm = mapped(k, 0, THP)
+    mapped(k, 2 * THP, THP)
+    f = thp(k, mm).folio
+    assert f is not None
+    assert userfaultfd.move_pages(k, mm, A, A + 2 * THP, THP) == (0, THP)
+    dst = mm.vmas.find(A + 2 * THP)
+    assert dst is not None and f.mapping == dst.anon_vma is not None
+    assert f.index == dst.linear_page_index(A + 2 * THP, mm.pt.page_shift)
+    assert huge_memory.split_folio(k, f, caller="t") and _prealloc_callers(k) == 1
+    consistent(k)

@@ -11,7 +11,8 @@ the only readers; ``zap_split_failure`` — what a partial zap does when the spl
 and return success); ``change_prot_split_failure`` — what change_pmd_range does (series v3: cond_resched and
 retry the same PMD; variant: split up front before changing anything, failing with ENOMEM); ``rmap_tables`` —
 where try_to_unmap/try_to_migrate get the split table (series v3: one pte_alloc_one per rmap_one call; variant:
-a reserved pool refilled outside reclaim). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
+a reserved pool with mempool semantics — the page allocator first, the pool when it fails, refilled by the
+next page tables freed; a thpsim what-if that no reviewer proposed). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
 everything: the design then deposits and never fails a split, as series patch 17 does.
 
 Left out: designs that deposit lazily per PMD table or pre-allocate per VMA (not proposed in the thread).
@@ -49,7 +50,8 @@ class RmapTables(StrEnum):
     """Where try_to_unmap / try_to_migrate get the PTE table for a PMD split (lazy designs only)."""
 
     PREALLOC = "prealloc"            # series v3: pte_alloc_one per rmap_one call (PF_MEMALLOC in reclaim)
-    RESERVE_POOL = "reserve_pool"    # a pool reserved up front (like a mempool), refilled outside reclaim
+    RESERVE_POOL = "reserve_pool"    # thpsim what-if: a mempool (allocator first, then the pool; refilled as
+    #                                  page tables are freed, outside reclaim)
 
 
 E = TypeVar("E", bound=StrEnum)
@@ -119,8 +121,9 @@ DESIGNS: dict[str, Design] = {
                description="lazy, but change_protection splits the partial PMDs up front and fails with ENOMEM "
                            "before changing anything (Kiryl's suggestion)"),
         Design("lazy-reclaim-pool", False, rmap_tables=RmapTables.RESERVE_POOL, reserve_pool_size=64,
-               description="lazy, but reclaim takes split tables from a reserved pool (a mempool) instead of "
-                           "PF_MEMALLOC reserves"),
+               description="thpsim what-if (not proposed in the thread): lazy, but reclaim's split tables come "
+                           "from a 64-table mempool when the allocator (without PF_MEMALLOC reserves) fails; "
+                           "the pool is refilled by the page tables freed later"),
     )
 }
 VARIANTS = ("lazy-zap-zero", "lazy-zap-enomem", "lazy-mprotect-upfront", "lazy-reclaim-pool")

@@ -57,7 +57,7 @@ class Folio:
 
     __slots__ = ("id", "order", "nr", "pte_mapcount", "entire_mapcount", "nr_pages_mapped", "pins", "anon_exclusive",
                  "dirty", "swapbacked", "partially_mapped", "on_deferred", "default", "pages", "freed", "mlocked",
-                 "swapcache")
+                 "swapcache", "mapping", "index")
 
     def __init__(self, fid: int, order: int, nr: int) -> None:
         self.id = fid
@@ -79,6 +79,10 @@ class Folio:
         self.pages: dict[int, Content] | None = None
         self.freed = False
         self.mlocked = False
+        # folio->mapping (the anon_vma it was first mapped under) and folio->index (linear_page_index there):
+        # which VMAs rmap_walk_anon visits (every VMA of that anon_vma's interval tree covering the index)
+        self.mapping: int | None = None
+        self.index = 0
 
     @property
     def large(self) -> bool:

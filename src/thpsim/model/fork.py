@@ -45,6 +45,7 @@ def dup_mmap(k: Kernel, src: MM, dst: MM) -> int:
         if v.anon_vma is not None:
             nv.anon_vma = k.new_anon_vma()
             nv.anon_vma_singular = False   # anon_vma_fork: the child's chain holds the parent's and its own
+            nv.avc = (*v.avc, nv.anon_vma)
         dst.vmas.insert(nv)
         if v.anon_vma is not None:
             rc = copy_page_range(k, dst, src, v)
@@ -108,7 +109,8 @@ def copy_pte_range(k: Kernel, dst: MM, src: MM, vma: Vma, table: PteTable, start
                     return ENOMEM
                 nf.default = f.content(pte.idx)
                 dtable.ptes[i] = Pte(PTE_PAGE, nf, 0, write=pte.write, dirty=True)
-                rmap.folio_add_new_anon_rmap(k, dst, nf, pmd=False)
+                rmap.folio_add_new_anon_rmap(k, dst, nf, pmd=False, vma=vma,
+                                             addr=(start & ~(k.pmd_size - 1)) + (i << pt.page_shift))
                 continue
             rmap.folio_add_anon_rmap_ptes(k, dst, f, [pte.idx])
             f.anon_exclusive = False

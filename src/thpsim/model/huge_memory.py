@@ -147,6 +147,7 @@ def do_huge_pmd_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bo
         return VM_FAULT_FALLBACK
     if vma.anon_vma is None:
         vma.anon_vma = k.new_anon_vma()
+        vma.avc = (vma.anon_vma,)
     if not write and k.knobs.use_zero_page:
         if not pgtable_alloc_deposit(k, "pte_alloc_one@huge_zero"):
             return VM_FAULT_OOM
@@ -171,7 +172,7 @@ def _map_new_thp(k: Kernel, mm: MM, vma: Vma, haddr: int, f: Folio, *, site: str
         k.folio_free(f)
         return VM_FAULT_OOM
     mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(f, write=vma.writable, dirty=True)
-    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True, vma=vma, addr=haddr)
     if site is not None:
         pgtable_trans_huge_deposit(k, mm, haddr)
     k.vmstat.count("thp_fault_alloc")
@@ -392,6 +393,7 @@ def split_folio(k: Kernel, f: Folio, *, caller: str, memalloc: bool = False) -> 
             nf.dirty = f.dirty
             nf.swapbacked = f.swapbacked
             nf.anon_exclusive = f.anon_exclusive
+            nf.mapping, nf.index = f.mapping, f.index + i     # __split_folio_to_order: same anon_vma
             small[i] = nf
             kept += 1
         nf.entire_mapcount += 1

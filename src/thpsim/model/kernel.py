@@ -134,6 +134,11 @@ class Kernel:
         return True
 
     def pte_free(self) -> None:
+        """Free one PTE table page; a reserve pool below its size takes it back instead (mempool_free()
+        semantics: the ``lazy-reclaim-pool`` what-if refills outside reclaim from every table freed)."""
+        if self.reserve_pool < self.design.pool_tables:
+            self.reserve_pool += 1       # stays allocated and in NR_PAGETABLE, as the pool's pages always are
+            return
         self.vmstat.nr_pagetable_bytes -= self.arch.pagetable_page_bytes
         self.alloc.free(1)
 

@@ -125,7 +125,7 @@ def collapse_huge_page(k: Kernel, mm: MM, vma: Vma, haddr: int) -> str:
     pt.nr_ptes -= 1   # the old table leaves the tree ...
     hp = HugePmd(f, write=vma.writable, dirty=True)
     pt.slots[haddr >> pt.pmd_shift] = hp
-    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True, vma=vma, addr=haddr)
     huge_memory.collapse_old_table(k, mm, haddr)   # ... and becomes the deposit, or is freed (lazy)
     rmap.deferred_split_folio(k, f, False)
     k.log.notes.append(f"collapse at {haddr:#x}: {filled} none/zero PTEs filled")

@@ -79,6 +79,7 @@ def do_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bool) -> in
         return VM_FAULT_OOM
     if vma.anon_vma is None:
         vma.anon_vma = k.new_anon_vma()
+        vma.avc = (vma.anon_vma,)
     table = mm.pt.slot(addr)
     assert isinstance(table, PteTable)
     i = mm.pt.pte_index(addr)
@@ -91,7 +92,7 @@ def do_anonymous_page(k: Kernel, mm: MM, vma: Vma, addr: int, write: bool) -> in
     if vma.flags & VM_LOCKED:
         f.mlocked = True
     table.ptes[i] = Pte(PTE_PAGE, f, 0, write=vma.writable, dirty=True)
-    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=False)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=False, vma=vma, addr=addr)
     return VM_FAULT_OK
 
 
@@ -103,7 +104,7 @@ def do_swap_page(k: Kernel, mm: MM, vma: Vma, addr: int, pte: Pte) -> int:
     f.default = old.default if old is not None else ZERO
     pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_PAGE, f, 0, vma.writable, False
     mm.swap_ents -= 1
-    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=False)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=False, vma=vma, addr=addr)
     return VM_FAULT_OK
 
 
@@ -121,6 +122,7 @@ def do_wp_page(k: Kernel, mm: MM, vma: Vma, addr: int, pte: Pte) -> int:
         if _can_reuse(k, mm, f):
             if not f.large:
                 f.anon_exclusive = True
+                rmap.folio_move_anon_rmap(f, vma)
             pte.write = True
             pte.dirty = True
             return VM_FAULT_OK
@@ -137,11 +139,11 @@ def do_wp_page(k: Kernel, mm: MM, vma: Vma, addr: int, pte: Pte) -> int:
     if f is not None:
         idx = pte.idx
         pte.kind, pte.folio, pte.idx = PTE_PAGE, nf, 0
-        rmap.folio_add_new_anon_rmap(k, mm, nf, pmd=False)
+        rmap.folio_add_new_anon_rmap(k, mm, nf, pmd=False, vma=vma, addr=addr)
         rmap.folio_remove_rmap_ptes(k, mm, f, [idx])
     else:
         pte.kind, pte.folio, pte.idx = PTE_PAGE, nf, 0
-        rmap.folio_add_new_anon_rmap(k, mm, nf, pmd=False)
+        rmap.folio_add_new_anon_rmap(k, mm, nf, pmd=False, vma=vma, addr=addr)
     pte.write = True
     pte.dirty = True
     return VM_FAULT_OK

@@ -115,7 +115,7 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
     # the moved part becomes its own VMA first (the source split happens in the final munmap in the kernel;
     # the PMD split at an unaligned source edge happens in move_page_tables for the partial extent)
     nv = Vma(new, new + new_len, vma.flags, vma.pgoff + ((old - vma.start) >> 12), vma.anon_vma,
-             vma.anon_vma_singular)
+             vma.anon_vma_singular, vma.avc)
     mm.vmas.insert(nv)
     if nv.flags & VM_LOCKED:
         mm.locked_vm += new_len // k.page   # the new VMA is accounted from its creation (and unaccounted by unmap)

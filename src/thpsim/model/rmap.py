@@ -6,16 +6,19 @@ The add/remove functions reproduce CONFIG_PAGE_MAPCOUNT exactly: the entire mapc
 mapping, NR_ANON_MAPPED, and ``deferred_split_folio(folio, true)`` when some pages become unmapped while others
 stay mapped and no PMD mapping is left. A folio whose last mapping goes away (and has no pins) is freed.
 
-The rmap walk finds a folio's mappings by scanning the mms (the model has no anon_vma interval tree).
-Under the lazy design each rmap_one call of try_to_unmap/try_to_migrate (one per VMA mapping the folio)
-pre-allocates one PTE table (``pte_alloc_one@rmap_prealloc``, in PF_MEMALLOC context when called from reclaim);
+The rmap walk finds a folio's mappings by scanning the mms; the rmap_one calls of try_to_unmap/try_to_migrate
+follow rmap_walk_anon: every VMA whose anon_vma chain (``Vma.avc``) holds the folio's anon_vma
+(``Folio.mapping``) and covers ``folio->index``, in (pgoff, process creation) order, until no mapping is left
+(``done`` = folio_not_mapped). Under the lazy design each such call — also for a VMA that no longer maps the
+folio — pre-allocates one PTE table (``pte_alloc_one@rmap_prealloc``, in PF_MEMALLOC context when called from reclaim);
 a PMD mapping met with no table ends the walk with ``ret = false`` and counts ``thp_split_pmd_failed``; tables
 used by earlier VMAs stay (series §5.5, Hugh Dickins' objection). The ``lazy-reclaim-pool`` variant takes the
 tables from a pool reserved in advance instead.
 
 rmap ↔ huge_memory import each other at module level, as mm/rmap.c and mm/huge_memory.c call each other
 (folio_add/remove_rmap_pmd one way, split_huge_pmd_locked from try_to_unmap_one the other): the one cycle.
-Left out: KSM, file rmap, mlock bookkeeping beyond "mapped in a VM_LOCKED VMA".
+Left out: KSM, file rmap, mlock bookkeeping beyond "mapped in a VM_LOCKED VMA"; anon_vma reuse in
+anon_vma_clone and the tree position of a VMA re-inserted by a split or mremap (it keeps its process's place).
 """
 
 from __future__ import annotations
@@ -41,9 +44,11 @@ def _mapped_pages(f: Folio) -> int:
     return f.nr if f.entire_mapcount > 0 else f.nr_pages_mapped
 
 
-def folio_add_new_anon_rmap(k: Kernel, mm: MM, f: Folio, *, pmd: bool) -> None:
-    """folio_add_new_anon_rmap + add_mm_counter(MM_ANONPAGES): a fresh, exclusive folio mapped once."""
+def folio_add_new_anon_rmap(k: Kernel, mm: MM, f: Folio, *, pmd: bool, vma: Vma, addr: int) -> None:
+    """folio_add_new_anon_rmap + add_mm_counter(MM_ANONPAGES): a fresh, exclusive folio mapped once, under
+    vma's anon_vma (__folio_set_anon) at its linear page index."""
     f.anon_exclusive = True
+    f.mapping, f.index = vma.anon_vma, vma.linear_page_index(addr, mm.pt.page_shift)
     if pmd:
         f.entire_mapcount = 1
         k.vmstat.nr_anon_thps += 1
@@ -54,6 +59,14 @@ def folio_add_new_anon_rmap(k: Kernel, mm: MM, f: Folio, *, pmd: bool) -> None:
         f.entire_mapcount = 1
     k.vmstat.nr_anon_pages += f.nr
     mm.anon_pages += f.nr
+
+
+def folio_move_anon_rmap(f: Folio, vma: Vma, *, index: int | None = None) -> None:
+    """folio_move_anon_rmap(): an exclusive folio now belongs to vma's anon_vma (a reused COW page; UFFDIO_MOVE,
+    which also sets folio->index to its new linear page index)."""
+    f.mapping = vma.anon_vma
+    if index is not None:
+        f.index = index
 
 
 def folio_add_anon_rmap_pmd(k: Kernel, mm: MM, f: Folio) -> None:
@@ -210,21 +223,30 @@ def _maps(mm: MM, f: Folio) -> bool:
 
 # ---- try_to_unmap / try_to_migrate (TTU_SPLIT_HUGE_PMD) -------------------------------------------------------
 def _take_table(k: Kernel, *, memalloc: bool) -> bool:
-    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool > 0:
-        k.reserve_pool -= 1
-        return True
+    """The table of one rmap_one call. ``lazy-reclaim-pool`` (a thpsim what-if, not proposed in the thread)
+    behaves like mempool_alloc(): the page allocator first without the emergency reserves (__GFP_NOMEMALLOC),
+    then an element of the pool; the pool is refilled as page tables are freed (Kernel.pte_free)."""
+    if k.design.rmap_tables is RmapTables.RESERVE_POOL:
+        if k.pte_alloc_one("pte_alloc_one@rmap_prealloc", memalloc=False):
+            return True
+        if k.reserve_pool > 0:
+            k.reserve_pool -= 1
+            return True
+        return False
     return k.pte_alloc_one("pte_alloc_one@rmap_prealloc", memalloc=memalloc)
 
 
 def _return_table(k: Kernel) -> None:
-    if k.design.rmap_tables is RmapTables.RESERVE_POOL and k.reserve_pool < k.design.reserve_pool_size:
-        k.reserve_pool += 1
-    else:
-        k.pte_free()
+    k.pte_free()     # pte_free(mm, prealloc_pte) of an unused table (back to a short pool first)
 
 
 def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]]]:
-    """The rmap_one calls of an rmap walk: one per VMA mapping the folio, with that VMA's mappings."""
+    """The rmap_one calls of rmap_walk_anon, in order: one per VMA of the folio's anon_vma interval tree that
+    covers its index (``anon_vma_interval_tree_foreach``: pgoff order, then insertion — parent before its fork
+    children), with that VMA's mappings of the folio — none for a VMA the folio's family shares but that no
+    longer maps it (a child that zapped or COWed it): the kernel calls try_to_unmap_one for it all the same.
+    The walk ends when no mapping is left in the VMAs not yet visited (``rmap_walk_control.done`` =
+    folio_not_mapped). Mappings outside the tree (a folio whose anon_vma the model does not know) come last."""
     groups: dict[tuple[int, int], tuple[MM, Vma, list[tuple[int, str]]]] = {}
     for mm, addr, kind in rmap_walk(k, f):
         vma = mm.vmas.find(addr)
@@ -233,7 +255,21 @@ def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]
         if g is None:
             g = groups[(id(mm), id(vma))] = (mm, vma, [])
         g[2].append((addr, kind))
-    return list(groups.values())
+    if f.mapping is None:
+        return list(groups.values())
+    first, last = f.index, f.index + f.nr - 1
+    tree = sorted(((v.pgoff, n, mm, v) for n, mm in enumerate(k.procs.values()) if mm.alive for v in mm.vmas
+                   if f.mapping in v.avc and v.pgoff <= last
+                   and first < v.pgoff + ((v.end - v.start) >> mm.pt.page_shift)), key=lambda t: (t[0], t[1]))
+    out: list[tuple[MM, Vma, list[tuple[int, str]]]] = []
+    left = len(groups)
+    for _pgoff, _n, mm, v in tree:
+        if not left:
+            break
+        g = groups.pop((id(mm), id(v)), None)
+        left -= g is not None
+        out.append(g if g is not None else (mm, v, []))
+    return out + list(groups.values())
 
 
 def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,

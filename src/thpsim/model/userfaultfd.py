@@ -10,10 +10,10 @@ Left out: registration (every VMA counts as registered), the huge zero page sour
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, mprotect
+from thpsim.model import huge_memory, mprotect, rmap
 from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
 
 __all__ = ["move_pages", "writeprotect"]
 
@@ -50,7 +50,9 @@ def _move_huge_pmd(k: Kernel, mm: MM, s: int, d: int, *, whole: bool) -> int:
     if s % p == 0 and d % p == 0 and whole and pt.slot(d) is None:
         if not k.pmd_alloc(mm, d):
             return ENOMEM
-        pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
+        hp = pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
+        assert isinstance(hp, HugePmd)
+        _move_anon_rmap(k, mm, hp, d)
         huge_memory.move_deposited_table(k, mm, s, d)   # move_pages_huge_pmd: always
         return p
     vma = mm.vmas.find(s)
@@ -78,8 +80,23 @@ def _move_pte(k: Kernel, mm: MM, s: int, d: int) -> int:
     table = pt.slot(s)
     dt = pt.slot(d)
     assert isinstance(table, PteTable) and isinstance(dt, PteTable)
-    dt.ptes[pt.pte_index(d)] = table.ptes.pop(pt.pte_index(s))
+    moved = dt.ptes[pt.pte_index(d)] = table.ptes.pop(pt.pte_index(s))
+    _move_anon_rmap(k, mm, moved, d)
     return 0
+
+
+def _move_anon_rmap(k: Kernel, mm: MM, entry: HugePmd | Pte, d: int) -> None:
+    """move_pages_pte/move_pages_huge_pmd: folio_move_anon_rmap(folio, dst_vma) and folio->index =
+    linear_page_index(dst_vma, dst_addr) for a present page (the destination VMA gets an anon_vma first)."""
+    f = entry.folio
+    if f is None or (isinstance(entry, Pte) and entry.kind != PTE_PAGE):
+        return
+    dv = mm.vmas.find(d)
+    assert dv is not None
+    if dv.anon_vma is None:
+        dv.anon_vma = k.new_anon_vma()
+        dv.avc = (dv.anon_vma,)
+    rmap.folio_move_anon_rmap(f, dv, index=dv.linear_page_index(d, mm.pt.page_shift))
 
 
 def writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:

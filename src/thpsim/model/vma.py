@@ -34,19 +34,26 @@ PROT_MASK = VM_READ | VM_WRITE | VM_EXEC
 
 
 class Vma:
-    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "anon_vma_singular")
+    __slots__ = ("start", "end", "flags", "pgoff", "anon_vma", "anon_vma_singular", "avc")
 
     def __init__(self, start: int, end: int, flags: int, pgoff: int, anon_vma: int | None = None,
-                 anon_vma_singular: bool = True) -> None:
+                 anon_vma_singular: bool = True, avc: tuple[int, ...] = ()) -> None:
         self.start = start
         self.end = end
         self.flags = flags
         self.pgoff = pgoff
         self.anon_vma = anon_vma
         self.anon_vma_singular = anon_vma_singular
+        # the anon_vma_chain: every anon_vma whose interval tree holds this VMA (its own, and after fork its
+        # ancestors'), so that rmap_walk_anon of a folio visits it (mm/rmap.c anon_vma_clone/anon_vma_fork)
+        self.avc = avc
 
     def copy(self) -> Vma:
-        return Vma(self.start, self.end, self.flags, self.pgoff, self.anon_vma, self.anon_vma_singular)
+        return Vma(self.start, self.end, self.flags, self.pgoff, self.anon_vma, self.anon_vma_singular, self.avc)
+
+    def linear_page_index(self, addr: int, page_shift: int) -> int:
+        """linear_page_index(): the page offset of addr in this VMA's (anonymous) address space."""
+        return self.pgoff + ((addr - self.start) >> page_shift)
 
     @property
     def readable(self) -> bool:
@@ -167,7 +174,8 @@ class VmaTree:
     def split_at(self, v: Vma, addr: int) -> tuple[Vma, Vma]:
         """Split v at addr (start < addr < end) into two VMAs sharing the anon_vma."""
         assert v.start < addr < v.end
-        upper = Vma(addr, v.end, v.flags, v.pgoff + ((addr - v.start) >> 12), v.anon_vma, v.anon_vma_singular)
+        upper = Vma(addr, v.end, v.flags, v.pgoff + ((addr - v.start) >> 12), v.anon_vma, v.anon_vma_singular,
+                    v.avc)
         v.end = addr
         self.insert(upper)
         return v, upper
@@ -181,7 +189,7 @@ class VmaTree:
             if can_merge(a, b):
                 a.end = b.end
                 if a.anon_vma is None:
-                    a.anon_vma, a.anon_vma_singular = b.anon_vma, b.anon_vma_singular
+                    a.anon_vma, a.anon_vma_singular, a.avc = b.anon_vma, b.anon_vma_singular, b.avc
                 self.remove(b)
                 del vs[i + 1]
             else:
