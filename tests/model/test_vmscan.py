@@ -12,7 +12,7 @@ import pytest
 from vmtest import DESIGNS, THP, A, K, ev, kernel, mapped, thp
 
 from thpsim.live.env import lazyfree_pmd_discard
-from thpsim.model import madvise, uaccess
+from thpsim.model import madvise, uaccess, vmscan
 from thpsim.model.pgtable import HugePmd, PteTable
 
 
@@ -68,3 +68,26 @@ def test_7_2_keeps_the_pmd_of_a_redirtied_lazyfree_thp():
                                                  ("7.2.13+deb14-amd64", True), ("7.3.4+deb13-amd64", False)])
 def test_which_releases_discard_at_pmd_level(release: str, whole: bool):
     assert lazyfree_pmd_discard(release) is whole
+
+
+def test_a_failed_swap_out_activates_the_folio():
+    """Issue 9 item 8: with swap, try_to_unmap's PMD split has no table (lazy, rmap pre-allocation fails): the
+    walk aborts, the folio is still mapped and shrink_folio_list goes to activate_locked — not keep."""
+    k = kernel("lazy", swap=True, fail="pte_alloc_one@rmap_prealloc")
+    mm = mapped(k, 0, THP)
+    f = thp(k, mm).folio
+    assert f is not None
+    assert vmscan.shrink_folio(k, f) is vmscan.Reclaimed.ACTIVATED
+    assert ev(k, "thp_split_pmd_failed") == 1 and isinstance(mm.pt.slot(A), HugePmd)
+
+
+def test_a_redirtied_lazyfree_thp_is_activated():
+    """ttu_anon_lazyfree_folio on a re-dirtied folio: swap-backed again, walk_abort, activate_locked."""
+    k = kernel("upstream")
+    mm = mapped(k, 0, THP)
+    f = thp(k, mm).folio
+    assert f is not None
+    assert madvise.do_madvise(k, mm, A, THP, "free") == 0
+    assert uaccess.access(k, mm, A, A + K, write=True, stride=K, fill=False, byte=7)[0] == 0
+    assert vmscan.shrink_folio(k, f) is vmscan.Reclaimed.ACTIVATED
+    assert f.swapbacked

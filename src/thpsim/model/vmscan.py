@@ -9,38 +9,53 @@ Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writebac
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from thpsim.model import huge_memory, rmap
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
 from thpsim.model.vma import Vma
 
-__all__ = ["reclaim_range", "shrink_folio"]
+__all__ = ["Reclaimed", "reclaim_range", "shrink_folio"]
 
 
-def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "shrink_folio_list") -> str:
-    """Reclaim one folio. Returns what happened: discarded | swapped | split-kept | kept | activated."""
+class Reclaimed(StrEnum):
+    """What shrink_folio_list did with one folio (the label of the goto it ended at)."""
+
+    GONE = "gone"                      # freed before reclaim got to it
+    KEPT = "kept"                      # keep_locked: pinned or mlocked, left where it is
+    ACTIVATED = "activated"            # activate_locked: still mapped after try_to_unmap, or a failed split
+    DISCARDED = "discarded"            # a clean lazyfree folio, freed
+    SWAPPED = "swapped"                # swapped out whole
+    SPLIT_KEPT = "split-kept"          # split_folio_to_list, pages kept (no swap, or a deferred split)
+    SPLIT_SWAPPED = "split-swapped"    # split, then its order-0 folios swapped
+    SHARED_SKIPPED = "shared-skipped"  # MADV_PAGEOUT skips a folio mapped by another process
+
+
+def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "shrink_folio_list") -> Reclaimed:
+    """Reclaim one folio; what happened (:class:`Reclaimed`)."""
     if f.freed:
-        return "gone"
+        return Reclaimed.GONE
     if f.pins or f.mlocked:
-        return "kept"
+        return Reclaimed.KEPT
     if not f.swapbacked:
         return _discard_lazyfree(k, f, memalloc=memalloc, caller=caller)
     if f.large and f.partially_mapped:
         return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=False)
     if not k.knobs.swap:
-        return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=True) if f.large else "activated"
+        return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=True) if f.large else Reclaimed.ACTIVATED
     if f.large and not k.knobs.thp_swap:
         return _split_and_swap(k, f, memalloc=memalloc, caller=caller)
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
     if not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc,
                              per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma)):
-        return "kept"   # folio_mapped() after try_to_unmap: kept (VMAs visited before the failure stay swapped)
+        return Reclaimed.ACTIVATED   # folio_mapped() after try_to_unmap: activate_locked (VMAs visited before stay swapped)
     if f.large:
         k.vmstat.count("thp_swpout")
         k.vmstat.mthp["swpout"] += 1
-    return "swapped"
+    return Reclaimed.SWAPPED
 
 
 def _count_swpout_fallback(k: Kernel) -> None:
@@ -48,21 +63,21 @@ def _count_swpout_fallback(k: Kernel) -> None:
     k.vmstat.mthp["swpout_fallback"] += 1
 
 
-def _split_and_keep(k: Kernel, f: Folio, *, memalloc: bool, caller: str, fallback: bool) -> str:
+def _split_and_keep(k: Kernel, f: Folio, *, memalloc: bool, caller: str, fallback: bool) -> Reclaimed:
     """A partially mapped THP (deferred split), or a THP without swap (``fallback``: thp_swpout_fallback):
     split_folio_to_list and keep the pages; a failed split activates the folio."""
     if not huge_memory.split_folio(k, f, caller=caller, memalloc=memalloc):
-        return "activated"
+        return Reclaimed.ACTIVATED
     if fallback:
         _count_swpout_fallback(k)
-    return "split-kept"
+    return Reclaimed.SPLIT_KEPT
 
 
-def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
+def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> Reclaimed:
     """No CONFIG_THP_SWAP: split_folio_to_list, then the order-0 folios are swapped one by one."""
     where = rmap.rmap_walk(k, f)
     if not huge_memory.split_folio(k, f, caller=caller, memalloc=memalloc):
-        return "activated"
+        return Reclaimed.ACTIVATED
     _count_swpout_fallback(k)
     small: list[Folio] = []
     for mm, addr, kind in where:
@@ -72,7 +87,7 @@ def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
                 small.append(pte.folio)
     for sf in small:
         shrink_folio(k, sf, memalloc=memalloc, caller=caller)
-    return "split-swapped"
+    return Reclaimed.SPLIT_SWAPPED
 
 
 def _swap_out_vma(k: Kernel, f: Folio, mm: MM, vma: Vma) -> None:
@@ -105,19 +120,19 @@ def _lazyfree_dirty(k: Kernel, f: Folio) -> bool:
     return dirty
 
 
-def _discard_lazyfree_pmd(k: Kernel, f: Folio) -> str:
+def _discard_lazyfree_pmd(k: Kernel, f: Folio) -> Reclaimed:
     """7.2.13's try_to_unmap_one → unmap_huge_pmd_locked → __discard_anon_folio_pmd_locked: a PMD-mapped lazyfree
     folio is discarded whole — the PMD cleared without a split and its deposit freed — or, when it was
     re-dirtied, made swap-backed again with its PMD kept (walk_abort; no split either)."""
     if _lazyfree_dirty(k, f):
         f.swapbacked = True
-        return "kept"
+        return Reclaimed.ACTIVATED   # walk_abort: still mapped after try_to_unmap, activate_locked
     for mm, addr, _kind in rmap.rmap_walk(k, f):
         huge_memory.zap_huge_pmd(k, mm, addr)     # pmdp_huge_clear_flush, zap_deposited_table, MM_ANONPAGES -512
-    return "discarded"
+    return Reclaimed.DISCARDED
 
 
-def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> str:
+def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> Reclaimed:
     """Reclaim of a MADV_FREE'd folio: discard it if still clean, else it becomes normal anon again.
 
     Since "mm/rmap: don't discard lazyfree THPs at PMD level" (stable 7.3.2; the host's 6.18.44 behaves the
@@ -132,10 +147,10 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
     if f.large and k.knobs.lazyfree_pmd_discard and kinds == {"pmd"}:
         return _discard_lazyfree_pmd(k, f)
     if f.large and not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc):
-        return "kept"
+        return Reclaimed.ACTIVATED
     if _lazyfree_dirty(k, f):
         f.swapbacked = True   # re-dirtied after MADV_FREE: becomes normal anon again (PTE-mapped if split)
-        return "kept"
+        return Reclaimed.ACTIVATED
     # batched unmap of a lazyfree large folio (folio_unmap_pte_batch): one rmap removal per mm
     per_mm: dict[str, tuple[MM, list[int]]] = {}
     for mm, addr, _kind in rmap.rmap_walk(k, f):
@@ -150,11 +165,11 @@ def _discard_lazyfree(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> st
             rmap.folio_remove_rmap_ptes(k, mm, f, idxs[:1])
             if idxs[1:]:
                 rmap.folio_remove_rmap_ptes(k, mm, f, idxs[1:])
-    return "discarded"
+    return Reclaimed.DISCARDED
 
 
 def reclaim_range(k: Kernel, mm: MM, start: int, end: int, *, memalloc: bool, skip_shared: bool,
-                  caller: str) -> list[str]:
+                  caller: str) -> list[Reclaimed]:
     """Isolate the folios mapped in [start, end) of mm and reclaim them (reclaim_pages / kswapd)."""
     seen: list[Folio] = []
     pt = mm.pt
@@ -170,10 +185,10 @@ def reclaim_range(k: Kernel, mm: MM, start: int, end: int, *, memalloc: bool, sk
         if pte is not None and pte.kind == PTE_PAGE and pte.folio not in seen:
             seen.append(pte.folio)  # type: ignore[arg-type]
         a += k.page
-    out = []
+    out: list[Reclaimed] = []
     for f in seen:
         if skip_shared and rmap.folio_maybe_mapped_shared(k, f):
-            out.append("shared-skipped")
+            out.append(Reclaimed.SHARED_SKIPPED)
             continue
         out.append(shrink_folio(k, f, memalloc=memalloc, caller=caller))
     return out
