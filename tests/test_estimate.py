@@ -444,20 +444,25 @@ def thp_child(request: pytest.FixtureRequest):
 @pytest.mark.live
 def test_live_estimate_matches_hand_computation(thp_child: list[int]) -> None:
     (pid,) = thp_child
-    before = _hand_total_kb()
-    e: Estimate = estimate_live()
-    after = _hand_total_kb()
-    row = {p.pid: p for p in e.processes}.get(pid)
-    assert row is not None, f"estimator did not see THP helper pid {pid}"
-    assert row.thps == 4 and row.saved_bytes == 16384 and row.anon_huge_kb == 8192
-    assert row.vm_pte_kb * 1024 >= 16384 and row.pct_of_vmpte is not None and 0 < row.pct_of_vmpte <= 100
-    assert e.arch == "x86_64" and e.saved_per_thp_bytes == 4096
-    lo, hi = sorted((before, after))
-    assert lo // 2048 * 4096 <= e.saved_bytes <= hi // 2048 * 4096
-    if before == after:
-        assert e.saved_bytes == before // 2048 * 4096
-        assert e.anon_huge_kb == before
-    assert e.host_anon_huge_kb >= 8192 and e.host_page_tables_kb > 0
+    for _ in range(5):
+        before = _hand_total_kb()
+        e: Estimate = estimate_live()
+        after = _hand_total_kb()
+        row = {p.pid: p for p in e.processes}.get(pid)
+        assert row is not None, f"estimator did not see THP helper pid {pid}"
+        assert row.thps == 4 and row.saved_bytes == 16384 and row.anon_huge_kb == 8192
+        assert row.vm_pte_kb * 1024 >= 16384 and row.pct_of_vmpte is not None and 0 < row.pct_of_vmpte <= 100
+        assert e.arch == "x86_64" and e.saved_per_thp_bytes == 4096
+        assert e.host_anon_huge_kb >= 8192 and e.host_page_tables_kb > 0
+        if before == after:
+            break
+    else:
+        # another process faulted and freed THPs during each capture (a busy host): the host total of one capture
+        # is not bracketed by two hand counts taken around it, so only the per-process row could be checked
+        pytest.skip("the host's THPs changed during each of 5 captures (another process faults THPs): the host "
+                    "total cannot be checked against a hand count here; the helper's own row was")
+    assert e.saved_bytes == before // 2048 * 4096
+    assert e.anon_huge_kb == before
     assert f"{pid}" in format_estimate(e)
 
 

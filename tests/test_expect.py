@@ -47,6 +47,17 @@ def test_design_specific_and_step_delta_expectations() -> None:
     assert len(msgs) == 1 and "vm_pte_kb: expected 16, got 12" in msgs[0]
 
 
+def test_host_noise_counters_are_not_checked() -> None:
+    """A live run on a busy host: a thp_* counter other processes moved cannot be held to the trace's value."""
+    bad = tf.parse(TRACE.replace('"thp_split_pmd": 1', '"thp_split_pmd": 2'))
+    steps = run_model(bad).steps
+    assert len(check_expectations(bad, steps)) == 1
+    assert check_expectations(bad, steps, host_noise={"thp_split_pmd": 31}) == []
+    worse = tf.parse(TRACE.replace('"thp_split_pmd": 1', '"thp_split_pmd": 2').replace('"vm_pte_kb": 12',
+                                                                                         '"vm_pte_kb": 16'))
+    assert len(check_expectations(worse, run_model(worse).steps, host_noise={"thp_split_pmd": 31})) == 1
+
+
 def test_unknown_expectation_key_is_a_trace_error() -> None:
     t = tf.parse('{"op": "mmap", "len": "2M", "expect": {"bogus": 1}}')
     with pytest.raises(TraceError, match="unknown expectation 'bogus'"):

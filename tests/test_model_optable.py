@@ -19,7 +19,7 @@ from thpsim.trace import ops as T
 
 def test_one_definition_per_op_class() -> None:
     classes = typing.get_args(T.Op)
-    assert len(classes) == len(T.OP_DEFS) == 20
+    assert len(classes) == len(T.OP_DEFS) == 22
     assert {c.kind for c in classes} == set(T.OP_DEFS)
     assert all(d.cls.kind == k and d.cls in classes for k, d in T.OP_DEFS.items())
     # the kind is a class attribute, not a field
@@ -31,7 +31,7 @@ def test_derived_names_and_the_format_reexports() -> None:
     assert set(T.OP_FIELDS) == set(T.OP_DEFS)
     model_only, region = T.MODEL_ONLY_OPS, T.REGION_OPS
     assert model_only == {"khugepaged", "shrink_deferred", "reclaim", "gup", "uffd_move", "pagemap_scan_wp",
-                          "migrate", "uffd_wp"}
+                          "migrate"}
     assert region == {k for k, d in T.OP_DEFS.items() if issubclass(d.cls, T.RangeOp)} - {"mmap"}
 
 
@@ -121,7 +121,8 @@ def test_dump_parse_round_trip_per_kind() -> None:
         '{"op": "munlock", "id": "a"}', '{"op": "read", "id": "a", "stride": "2M"}', '{"op": "khugepaged"}',
         '{"op": "shrink_deferred"}', '{"op": "reclaim", "id": "a"}', '{"op": "gup", "id": "a", "flags": ["pin"]}',
         '{"op": "uffd_move", "id": "a", "len": "2M", "to": "100M"}', '{"op": "pagemap_scan_wp", "id": "a"}',
-        '{"op": "uffd_wp", "id": "a"}', '{"op": "migrate", "id": "a"}', '{"op": "expect", "note": "end"}',
+        '{"op": "uffd_register", "id": "a"}', '{"op": "uffd_wp", "id": "a"}', '{"op": "uffd_unregister", "id": "a"}',
+        '{"op": "migrate", "id": "a"}', '{"op": "expect", "note": "end"}',
         '{"op": "munmap", "id": "a", "inject": {"at": "pte_alloc_one", "times": "all"}}'])
     t = tf.parse(text)
     assert {op.kind for op in t.ops} == set(T.OP_DEFS)

@@ -41,4 +41,4 @@ def test_model_matches_live_kernel(path: str) -> None:
     # every step up to the first model-only op (khugepaged runs for real only inside a lab guest)
     upto = next((i for i, op in enumerate(trace.ops) if op.kind in tf.MODEL_ONLY_OPS), len(trace.ops))
     assert d.compared_steps == upto
-    assert check_expectations(trace, live) == []
+    assert check_expectations(trace, live, host_noise=dict(td.host_noise)) == []

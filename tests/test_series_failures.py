@@ -42,6 +42,9 @@ def run(*ops: dict[str, Any], design: str = "lazy", policy: FailPolicy | None = 
                      max_retries=max_retries)
 
 
+UFFD_REGISTER: dict[str, Any] = {"op": "uffd_register", "id": "a"}
+
+
 def thp(rid: str = "a", size: str = "2M", byte: int = 0xAA, at: str | None = None) -> list[dict[str, Any]]:
     mm: dict[str, Any] = {"op": "mmap", "id": rid, "len": size}
     if at is not None:
@@ -198,12 +201,13 @@ def test_row09_cow_write_fault_vm_fault_oom() -> None:
 
 
 def test_row10_wp_huge_pmd_async_uffd_wp_split_failure() -> None:
-    ops = [*thp(), {"op": "uffd_wp", "id": "a"}, {"op": "write", "id": "a", "off": "8K", "len": "4K", "byte": 7}]
+    ops = [*thp(), UFFD_REGISTER, {"op": "uffd_wp", "id": "a"},
+           {"op": "write", "id": "a", "off": "8K", "len": "4K", "byte": 7}]
     stuck = run(*ops, policy=ALWAYS, max_retries=2)
-    assert stuck.steps[4].result == "LIVELOCK" and pm(stuck, 4) == PMD_HUGE
+    assert stuck.steps[5].result == "LIVELOCK" and pm(stuck, 5) == PMD_HUGE
     assert stuck.failed_sites == {"wp_huge_pmd": 3}
     once = run(*ops, policy=ONE)
-    assert once.steps[4].result == 0 and once.split_sites == {"wp_huge_pmd": 1} and not once.violations
+    assert once.steps[5].result == 0 and once.split_sites == {"wp_huge_pmd": 1} and not once.violations
     # the only failing case: a plain write-protected anonymous PMD does not split (reuse)
     plain = run(*thp(), {"op": "mprotect", "id": "a", "prot": "r"}, {"op": "mprotect", "id": "a", "prot": "rw"},
                 {"op": "write", "id": "a", "len": "4K"}, policy=ALWAYS)
@@ -221,13 +225,52 @@ def test_row11_zap_skip_returns_success_and_continues() -> None:
 
 
 def test_row12_change_pmd_range_retries_same_pmd() -> None:
-    ops = [*thp(), {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"}]
+    ops = [*thp(), UFFD_REGISTER, {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"}]
     once = run(*ops, policy=ONE)
-    assert once.steps[3].result == 0 and once.failed_sites == {"change_pmd_range": 1}
+    assert once.steps[4].result == 0 and once.failed_sites == {"change_pmd_range": 1}
     assert once.split_sites == {"change_pmd_range": 1}
     stuck = run(*ops, policy=ALWAYS, max_retries=5)
-    assert stuck.steps[3].result == "LIVELOCK" and stuck.failed_sites == {"change_pmd_range": 5}
-    assert pm(stuck, 3) == PMD_HUGE
+    assert stuck.steps[4].result == "LIVELOCK" and stuck.failed_sites == {"change_pmd_range": 5}
+    assert pm(stuck, 4) == PMD_HUGE
+
+
+def test_row12_uffd_unregister_resolves_before_the_vma_split() -> None:
+    """Issue 9 item 9: UFFDIO_UNREGISTER of [1M, 2M) of a write-protected THP.
+
+        [0 ---------- 1M ---------- 2M)     one VMA, VM_UFFD_WP, one huge PMD (uffd-wp)
+                      |<- unregister ->|
+    userfaultfd_clear_vma: change_protection(MM_CP_UFFD_WP_RESOLVE) over [1M, 2M) splits the PMD in
+    change_pmd_range (the v3 07/24 retry), then vma_modify_flags_uffd splits the VMA (nothing left to split)."""
+    ops = [*thp(), UFFD_REGISTER, {"op": "uffd_wp", "id": "a"},
+           {"op": "uffd_unregister", "id": "a", "off": "1M", "len": "1M"}]
+    once = run(*ops, policy=ONE)
+    assert once.steps[5].result == 0 and once.failed_sites == {"change_pmd_range": 1}
+    assert once.split_sites == {"change_pmd_range": 1} and not once.violations
+    assert [v.perms for v in proc(once, 5).vmas] == ["rw-p", "rw-p"]       # the VMA was split at 1M
+    stuck = run(*ops, policy=ALWAYS, max_retries=4)
+    assert stuck.steps[5].result == "LIVELOCK" and stuck.failed_sites == {"change_pmd_range": 4}
+    assert pm(stuck, 5) == PMD_HUGE and len(proc(stuck, 5).vmas) == 1     # nothing changed: no VMA split yet
+    up = run(*ops, design="upstream", policy=ALWAYS)
+    assert up.steps[5].result == 0 and up.split_sites == {"change_pmd_range": 1}
+
+
+def test_uffd_registration_is_not_inherited_or_moved() -> None:
+    """dup_userfaultfd / mremap_userfaultfd_prep without EVENT_FORK / EVENT_REMAP: ENOENT for the child and for a
+    moved VMA, and a write to the moved (formerly uffd-wp) THP reuses it whole instead of splitting."""
+    ops = [*thp(), UFFD_REGISTER, {"op": "uffd_wp", "id": "a"}, {"op": "fork", "child": "c"},
+           {"op": "uffd_wp", "proc": "c", "id": "a"}, {"op": "exit", "proc": "c"},
+           {"op": "mremap", "id": "a", "new_len": "2M", "flags": ["maymove", "fixed"], "to": "8M"},
+           {"op": "uffd_wp", "at": "8M", "len": "2M"}, {"op": "write", "at": "8M", "len": "4K", "byte": 3}]
+    for design in ("upstream", "lazy"):
+        r = run(*ops, design=design, policy=ALWAYS)
+        assert [r.steps[i].result for i in (6, 9, 10)] == ["ENOENT", "ENOENT", 0]
+        assert not r.split_sites and not r.violations
+
+
+def test_uffd_wp_needs_a_registration() -> None:
+    r = run(*thp(), {"op": "uffd_wp", "id": "a"}, {"op": "uffd_register", "at": "8M", "len": "2M"},
+            {"op": "uffd_unregister", "id": "a", "off": "1K", "len": "4K"})
+    assert [s.result for s in r.steps[3:]] == ["ENOENT", "EINVAL", "EINVAL"]
 
 
 def test_row13_gup_split_pmd_enomem_or_partial_count() -> None:
@@ -395,7 +438,7 @@ def test_row27_collapse_frees_the_old_table() -> None:
 
 def test_row28_split_failed_counted_only_for_failed_splits() -> None:
     # __split_huge_pmd allocation failure: counted
-    assert ev(run(*thp(), {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"}, policy=ONE), 3,
+    assert ev(run(*thp(), UFFD_REGISTER, {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"}, policy=ONE), 4,
               "thp_split_pmd_failed") == 1
     # rmap bail-out: counted; a failed but unneeded pre-allocation: not counted
     assert ev(run(*thp(), {"op": "reclaim", "id": "a"}, kernel={"swap": True}, policy=nth(1, "pte_alloc_one@rmap")),

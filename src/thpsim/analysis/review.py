@@ -63,7 +63,8 @@ def zap_skip_trace() -> Trace:
 
 
 def mprotect_retry_trace() -> Trace:
-    return _trace("review-mprotect-retry", [*THP, {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"},
+    return _trace("review-mprotect-retry", [*THP, {"op": "uffd_register", "id": "a"},
+                                            {"op": "uffd_wp", "id": "a", "off": "4K", "len": "4K"},
                                             {"op": "mprotect", "id": "a", "off": "4K", "len": "4K", "prot": "r"}])
 
 
@@ -102,11 +103,11 @@ def mprotect_retry(design: str, *, max_retries: int = 1000) -> ReviewRow:
                     shadow=True, max_retries=max_retries)
     k = run.kernel
     assert k is not None
-    st = run.steps[3]
-    attempts = len(run.logs[3].failed_sites)   # failed split allocations during the uffd_wp step
+    st = run.steps[4]
+    attempts = len(run.logs[4].failed_sites)   # failed split allocations during the uffd_wp step
     nums = {"uffd_wp_result": st.result, "split_attempts": attempts, "model_bound": max_retries,
             "errno_returned": st.result if isinstance(st.result, str) and st.result != "LIVELOCK" else None,
-            "mprotect_result": run.steps[4].result, "thp_split_pmd_failed": k.vmstat.events["thp_split_pmd_failed"]}
+            "mprotect_result": run.steps[5].result, "thp_split_pmd_failed": k.vmstat.events["thp_split_pmd_failed"]}
     if st.result == "LIVELOCK":
         verdict = (f"no error: the same PMD was retried {max_retries} times (the model's bound; the kernel has none "
                    "and no fatal-signal check)")

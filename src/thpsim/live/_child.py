@@ -117,6 +117,7 @@ class Proc:
     def __init__(self, chan: Chan) -> None:
         self.chan = chan
         self.children: dict[str, tuple[int, Chan, socket.socket]] = {}
+        self.uffd = -1      # this process's userfaultfd (WP_ASYNC), created by its first uffd op
 
     # -- the loop
     def loop(self) -> None:
@@ -213,6 +214,9 @@ class Proc:
             for _n, (_p, _c, s) in self.children.items():
                 s.close()
             self.children = {}
+            if self.uffd >= 0:      # the parent's context acts on the parent's mm: the child makes its own
+                os.close(self.uffd)
+                self.uffd = -1
             devnull = os.open(os.devnull, os.O_RDWR)
             os.dup2(devnull, 0)
             os.dup2(devnull, 1)
@@ -337,6 +341,36 @@ def _read(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
 @_live("fork")
 def _fork(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
     return p.fork(op["child"])
+
+
+def _uffd(p: Proc) -> tuple[int, str | None]:
+    if p.uffd < 0:
+        fd, err = S.userfaultfd_wp_async()
+        if err:
+            return -1, err
+        p.uffd = fd
+    return p.uffd, None
+
+
+def _uffd_call(p: Proc, op: dict[str, Any], call: Callable[[int, int, int], tuple[int, str | None]]
+               ) -> dict[str, Any]:
+    fd, err = _uffd(p)
+    return {"result": err or call(fd, *_range(op))[1] or 0}
+
+
+@_live("uffd_register")
+def _uffd_register(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return _uffd_call(p, op, S.uffdio_register_wp)
+
+
+@_live("uffd_wp")
+def _uffd_wp(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return _uffd_call(p, op, S.uffdio_writeprotect)
+
+
+@_live("uffd_unregister")
+def _uffd_unregister(p: Proc, op: dict[str, Any]) -> dict[str, Any]:
+    return _uffd_call(p, op, S.uffdio_unregister)
 
 
 @_live("exit")

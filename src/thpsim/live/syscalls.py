@@ -133,6 +133,37 @@ def libc() -> ctypes.CDLL:
 SYS_MLOCK2 = {"x86_64": 325, "aarch64": 284, "riscv64": 284}.get(platform.machine(), 325)
 MAP_FAILED = ctypes.c_void_p(-1).value
 
+# userfaultfd (uapi/linux/userfaultfd.h; WP_ASYNC and WP_UNPOPULATED are 6.7+)
+SYS_USERFAULTFD = {"x86_64": 323, "aarch64": 282, "riscv64": 282}.get(platform.machine(), 323)
+UFFD_USER_MODE_ONLY = 1
+UFFD_API = 0xAA
+UFFD_FEATURE_WP_UNPOPULATED = 1 << 13
+UFFD_FEATURE_WP_ASYNC = 1 << 15
+UFFDIO_REGISTER_MODE_WP = 1 << 1
+UFFDIO_WRITEPROTECT_MODE_WP = 1 << 0
+
+
+class UffdioApi(ctypes.Structure):
+    _fields_ = [("api", ctypes.c_uint64), ("features", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
+
+
+class UffdioRange(ctypes.Structure):
+    _fields_ = [("start", ctypes.c_uint64), ("len", ctypes.c_uint64)]
+
+
+class UffdioRegister(ctypes.Structure):
+    _fields_ = [("range", UffdioRange), ("mode", ctypes.c_uint64), ("ioctls", ctypes.c_uint64)]
+
+
+class UffdioWriteprotect(ctypes.Structure):
+    _fields_ = [("range", UffdioRange), ("mode", ctypes.c_uint64)]
+
+
+UFFDIO_API = _ioc(3, UFFD_API, 0x3F, ctypes.sizeof(UffdioApi))                 # 0xc018aa3f
+UFFDIO_REGISTER = _ioc(3, UFFD_API, 0x00, ctypes.sizeof(UffdioRegister))       # 0xc020aa00
+UFFDIO_UNREGISTER = _ioc(2, UFFD_API, 0x01, ctypes.sizeof(UffdioRange))        # 0x8010aa01
+UFFDIO_WRITEPROTECT = _ioc(3, UFFD_API, 0x06, ctypes.sizeof(UffdioWriteprotect))  # 0xc018aa06
+
 
 def _err() -> str:
     e = ctypes.get_errno()
@@ -206,3 +237,33 @@ def pagemap_scan(fd: int, start: int, end: int, *, anyof: int, ret_mask: int,
             break
         pos = int(arg.walk_end)
     return out
+
+
+def userfaultfd_wp_async() -> tuple[int, str | None]:
+    """A userfaultfd for this process (user faults only), API handshake with UFFD_FEATURE_WP_ASYNC: write faults
+    on write-protected pages resolve themselves. ``(fd, None)`` or ``(-1, errno name)`` (EINVAL: the kernel
+    lacks WP_ASYNC, before 6.7)."""
+    fd = int(libc().syscall(ctypes.c_long(SYS_USERFAULTFD), ctypes.c_int(os.O_CLOEXEC | UFFD_USER_MODE_ONLY)))
+    if fd < 0:
+        return -1, _err()
+    api = UffdioApi(UFFD_API, UFFD_FEATURE_WP_ASYNC, 0)
+    if libc().ioctl(fd, UFFDIO_API, ctypes.byref(api)) != 0:
+        e = _err()
+        os.close(fd)
+        return -1, e
+    return fd, None
+
+
+def uffdio_register_wp(fd: int, addr: int, length: int) -> tuple[int, str | None]:
+    arg = UffdioRegister(UffdioRange(addr, length), UFFDIO_REGISTER_MODE_WP, 0)
+    return (0, None) if libc().ioctl(fd, UFFDIO_REGISTER, ctypes.byref(arg)) == 0 else (-1, _err())
+
+
+def uffdio_unregister(fd: int, addr: int, length: int) -> tuple[int, str | None]:
+    arg = UffdioRange(addr, length)
+    return (0, None) if libc().ioctl(fd, UFFDIO_UNREGISTER, ctypes.byref(arg)) == 0 else (-1, _err())
+
+
+def uffdio_writeprotect(fd: int, addr: int, length: int) -> tuple[int, str | None]:
+    arg = UffdioWriteprotect(UffdioRange(addr, length), UFFDIO_WRITEPROTECT_MODE_WP)
+    return (0, None) if libc().ioctl(fd, UFFDIO_WRITEPROTECT, ctypes.byref(arg)) == 0 else (-1, _err())

@@ -86,6 +86,8 @@ from thpsim.trace.ops import (
     Reclaim,
     ShrinkDeferred,
     UffdMove,
+    UffdRegister,
+    UffdUnregister,
     UffdWp,
     Write,
 )
@@ -314,9 +316,19 @@ def _uffd_move(sim: Simulator, mm: MM, op: UffdMove, a: int) -> OpResult:
     return (_result(rc) if rc else moved), None
 
 
+@_op(UffdRegister, "mm/userfaultfd.c userfaultfd_register")
+def _uffd_register(sim: Simulator, mm: MM, op: UffdRegister, a: int) -> OpResult:
+    return _result(userfaultfd.userfaultfd_register(sim.k, mm, a, op.length)), None
+
+
 @_op(UffdWp, "mm/userfaultfd.c mwriteprotect_range")
 def _uffd_wp(sim: Simulator, mm: MM, op: UffdWp, a: int) -> OpResult:
-    return _result(userfaultfd.writeprotect(sim.k, mm, a, a + op.length)), None
+    return _result(userfaultfd.mwriteprotect_range(sim.k, mm, a, op.length)), None
+
+
+@_op(UffdUnregister, "mm/userfaultfd.c userfaultfd_unregister")
+def _uffd_unregister(sim: Simulator, mm: MM, op: UffdUnregister, a: int) -> OpResult:
+    return _result(userfaultfd.userfaultfd_unregister(sim.k, mm, a, op.length)), None
 
 
 @_op(PagemapScanWp, "fs/proc/task_mmu.c do_pagemap_scan (PM_SCAN_WP_MATCHING)")

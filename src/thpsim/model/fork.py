@@ -2,14 +2,15 @@
 huge_memory.c copy_huge_pmd).
 
 The child gets a copy of every VMA except VM_DONTCOPY ones; VM_WIPEONFORK VMAs are copied empty; VM_LOCKED is
-cleared in the child. Page tables are copied only for VMAs with an anon_vma (``vma_needs_copy``): the child
+cleared in the child, and so is a userfaultfd registration (``dup_userfaultfd`` without
+UFFD_FEATURE_EVENT_FORK; the child's huge PMDs and PTEs carry no uffd-wp bit). Page tables are copied only for VMAs with an anon_vma (``vma_needs_copy``): the child
 allocates its own PUD/PMD/PTE tables; a huge PMD is shared through ``copy_huge_pmd`` (upstream: the child
 deposits a fresh table, ``pte_alloc_one@fork``; a failure makes fork fail with ENOMEM) and both PMDs are
 write-protected; PTEs are shared write-protected (COW). A possibly-pinned exclusive page is copied instead.
 On failure the partly built child is torn down; what was done to the parent (write protection) stays.
 
 Follows Linux 6.18 / 7.3.4.
-Left out: uffd-wp, KSM, device-private entries, PMD migration entries.
+Left out: UFFD_FEATURE_EVENT_FORK, KSM, device-private entries, PMD migration entries.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from thpsim.model.exit import exit_mmap
 from thpsim.model.huge_memory import copy_huge_pmd
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
-from thpsim.model.vma import VM_DONTCOPY, VM_LOCKED, VM_LOCKONFAULT, VM_WIPEONFORK, Vma
+from thpsim.model.vma import VM_DONTCOPY, VM_LOCKED, VM_LOCKONFAULT, VM_UFFD_WP, VM_WIPEONFORK, Vma
 
 __all__ = ["copy_page_range", "copy_pte_range", "do_fork", "dup_mmap"]
 
@@ -38,7 +39,8 @@ def dup_mmap(k: Kernel, src: MM, dst: MM) -> int:
     for v in src.vmas:
         if v.flags & VM_DONTCOPY:
             continue
-        nv = Vma(v.start, v.end, v.flags & ~(VM_LOCKED | VM_LOCKONFAULT), v.pgoff)
+        # dup_userfaultfd() without UFFD_FEATURE_EVENT_FORK: the child's VMA is not registered
+        nv = Vma(v.start, v.end, v.flags & ~(VM_LOCKED | VM_LOCKONFAULT | VM_UFFD_WP), v.pgoff)
         if v.flags & VM_WIPEONFORK:
             dst.vmas.insert(nv)
             continue

@@ -343,11 +343,12 @@ def move_huge_pmd(k: Kernel, mm: MM, old: int, new: int) -> bool:
 
 
 def change_huge_pmd(k: Kernel, mm: MM, haddr: int, hp: HugePmd, writable: bool) -> None:
-    """Protection change of a whole huge PMD in place: never splits, never touches the deposit."""
+    """Protection change of a whole huge PMD in place: never splits, never touches the deposit. A uffd-wp PMD
+    stays write-protected (can_change_pmd_writable)."""
     if hp.is_zero:
         return
     f = hp.folio
-    hp.write = writable and f is not None and f.anon_exclusive
+    hp.write = writable and not hp.uffd_wp and f is not None and f.anon_exclusive
 
 
 # ---- folio split and the deferred-split queue -----------------------------------------------------------------

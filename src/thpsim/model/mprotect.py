@@ -25,7 +25,7 @@ from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
-__all__ = ["change_protection", "do_mprotect", "mprotect_fixup", "uffd_writeprotect"]
+__all__ = ["change_protection", "do_mprotect", "mprotect_fixup", "uffd_wp_range"]
 
 
 def do_mprotect(k: Kernel, mm: MM, start: int, length: int, prot: int) -> int:
@@ -65,10 +65,11 @@ def mprotect_fixup(k: Kernel, mm: MM, vma: Vma, start: int, end: int, new_flags:
 
 
 def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, caller: str = "change_pmd_range",
-                      uffd_wp: bool = False) -> int:
+                      uffd_wp: bool = False, uffd_wp_resolve: bool = False) -> int:
     """change_pmd_range over [start, end) with the VMA's (new) protection, or (``uffd_wp``) write-protecting
-    every entry (MM_CP_UFFD_WP: a whole huge PMD keeps its mapping and gets the uffd-wp bit). 0 or -ENOMEM
-    (up-front variant)."""
+    every entry (MM_CP_UFFD_WP: a whole huge PMD keeps its mapping and gets the uffd-wp bit), or
+    (``uffd_wp_resolve``, MM_CP_UFFD_WP_RESOLVE | MM_CP_TRY_CHANGE_WRITABLE) dropping the uffd-wp bits and
+    making exclusive pages writable again. 0 or -ENOMEM (up-front variant)."""
     p = k.pmd_size
     pt = mm.pt
     if k.design.change_prot_split_failure is ChangeProtSplitFailure.UPFRONT:
@@ -86,6 +87,8 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
                 if uffd_wp:
                     s.write, s.uffd_wp = False, True
                 else:
+                    if uffd_wp_resolve:
+                        s.uffd_wp = False
                     huge_memory.change_huge_pmd(k, mm, addr, s, writable)
                 continue
             tries = 0
@@ -113,12 +116,8 @@ def _exclusive(k: Kernel, mm: MM, f: Folio) -> bool:
     return f.anon_exclusive and all(m is mm for m in rmap.mms_mapping(k, f))
 
 
-def uffd_writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """UFFDIO_WRITEPROTECT (async mode) on part of a VMA: change_pmd_range without a VMA split; the entries are
-    write-protected, and a later write fault resolves the protection (a uffd-wp huge PMD is split first)."""
-    for v in mm.vmas.overlapping(start, end):
-        rc = change_protection(k, mm, v, max(v.start, start), min(v.end, end), caller="change_pmd_range",
-                               uffd_wp=True)
-        if rc:
-            return rc
-    return 0
+def uffd_wp_range(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, enable_wp: bool) -> int:
+    """uffd_wp_range() (mm/userfaultfd.c): change_protection with MM_CP_UFFD_WP, or MM_CP_UFFD_WP_RESOLVE; no
+    VMA split, so a huge PMD only partly in range is split by change_pmd_range (the v3 07/24 retry)."""
+    return change_protection(k, mm, vma, start, end, caller="change_pmd_range", uffd_wp=enable_wp,
+                             uffd_wp_resolve=not enable_wp)

@@ -12,7 +12,10 @@ unmapped with the normal munmap path unless MREMAP_DONTUNMAP.
 The trace resolves a MAYMOVE without FIXED to a destination slot; it is used only when growing in place is
 impossible (the live runner does the same), so both engines agree on where a moved mapping lands.
 Follows Linux 6.18 / 7.3.4 and series v3 (the failed split in move_page_tables).
-Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, uffd remap events.
+A moved VMA loses its userfaultfd registration and a moved huge PMD its uffd-wp bit (no
+UFFD_FEATURE_EVENT_REMAP: ``mremap_userfaultfd_prep``, ``move_huge_pmd``).
+Left out: MREMAP_DONTUNMAP's VM_ACCOUNT details, hugetlb, special mappings, UFFD_FEATURE_EVENT_REMAP, the uffd-wp
+bit of moved PTEs (the model keeps PTE write protection as a cleared write bit).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.mmap import do_munmap, unmap_region
 from thpsim.model.pgtable import HugePmd, PteTable
-from thpsim.model.vma import VM_LOCKED, Vma
+from thpsim.model.vma import VM_LOCKED, VM_UFFD_WP, Vma
 from thpsim.model.vma_modify import split_range
 
 __all__ = ["do_mremap", "move_page_tables", "move_vma", "mremap_expand", "mremap_to"]
@@ -114,7 +117,8 @@ def move_vma(k: Kernel, mm: MM, vma: Vma, old: int, old_len: int, new: int, new_
              dontunmap: bool) -> int:
     # the moved part becomes its own VMA first (the source split happens in the final munmap in the kernel;
     # the PMD split at an unaligned source edge happens in move_page_tables for the partial extent)
-    nv = Vma(new, new + new_len, vma.flags, vma.pgoff + ((old - vma.start) >> 12), vma.anon_vma,
+    # mremap_userfaultfd_prep() without UFFD_FEATURE_EVENT_REMAP: the moved VMA loses its registration
+    nv = Vma(new, new + new_len, vma.flags & ~VM_UFFD_WP, vma.pgoff + ((old - vma.start) >> 12), vma.anon_vma,
              vma.anon_vma_singular, vma.avc)
     mm.vmas.insert(nv)
     if nv.flags & VM_LOCKED:
@@ -185,6 +189,11 @@ def move_page_tables(k: Kernel, mm: MM, new_vma: Vma, old: int, new: int, length
             break
         if isinstance(s, HugePmd):
             if ext == pmd and huge_memory.move_huge_pmd(k, mm, o, n):
+                src_vma = mm.vmas.find(o)
+                if src_vma is not None and src_vma.flags & VM_UFFD_WP:
+                    moved = pt.slot(n)      # move_huge_pmd: vma_has_uffd_without_event_remap → clear_uffd_wp_pmd
+                    assert isinstance(moved, HugePmd)
+                    moved.uffd_wp = False
                 o, n = o + ext, n + ext
                 continue
             old_vma = mm.vmas.find(o) or new_vma

@@ -1,11 +1,29 @@
-"""UFFDIO_MOVE (mm/userfaultfd.c move_pages, move_pages_huge_pmd) and UFFDIO_WRITEPROTECT over a range.
+"""userfaultfd (mm/userfaultfd.c, 7.3.4; fs/userfaultfd.c before 7.1): registration in write-protect mode,
+UFFDIO_WRITEPROTECT and UFFDIO_MOVE.
 
-move_pages moves [src, src+len) to dst page by page, a whole huge PMD at a time when both sides are PMD aligned
-and the destination PMD is none (upstream withdraws and re-deposits the table; the lazy design has none).
-A huge PMD that cannot move whole is split (``split_huge_pmd``); under the lazy design a failed split stops the
-loop: the ioctl returns -EAGAIN with the bytes moved so far, or -ENOMEM if nothing moved (series 11/21).
-PTE-mapped pages of large folios are split first (``split_folio``). The destination must be mapped and empty.
-Left out: registration (every VMA counts as registered), the huge zero page source, EBUSY for pinned folios.
+* ``userfaultfd_register`` (UFFDIO_REGISTER, UFFDIO_REGISTER_MODE_WP, on a context created with
+  UFFD_FEATURE_WP_ASYNC): every VMA in the range gets VM_UFFD_WP through ``vma_modify_flags_uffd``, which splits
+  VMAs at the range ends (``__split_vma`` → ``vma_adjust_trans_huge``: -ENOMEM under the lazy design). A range
+  with no VMA is -EINVAL; holes between VMAs are skipped.
+* ``mwriteprotect_range`` (UFFDIO_WRITEPROTECT): -ENOENT unless every VMA in range is registered for WP; then
+  ``uffd_wp_range`` per VMA (change_protection with MM_CP_UFFD_WP, no VMA split: a huge PMD only partly in
+  range is split by change_pmd_range, whose failed split v3 07/24 retries without bound).
+* ``userfaultfd_unregister`` (UFFDIO_UNREGISTER): per registered VMA, ``userfaultfd_clear_vma`` first resolves
+  the write protection of [start, end) with ``change_protection(MM_CP_UFFD_WP_RESOLVE)`` — *before* the VMA is
+  split, so a partial huge PMD is split by change_pmd_range and, under lazy, enters the same 07/24 retry — and
+  then drops VM_UFFD_WP (``vma_modify_flags_uffd``; its VMA split finds the PMD already split).
+* ``move_pages`` (UFFDIO_MOVE) moves [src, src+len) to dst page by page, a whole huge PMD at a time when both
+  sides are PMD aligned and the destination PMD is none (upstream withdraws and re-deposits the table; the lazy
+  design has none). A huge PMD that cannot move whole is split (``split_huge_pmd``); under the lazy design a
+  failed split stops the loop: the ioctl returns -EAGAIN with the bytes moved so far, or -ENOMEM if nothing
+  moved (series 11/21). PTE-mapped pages of large folios are split first (``split_folio``). The destination
+  must be mapped and empty.
+
+One context per process, registered for WP only. Left out: MISSING/MINOR/RWP modes, UFFD_FEATURE_EVENT_FORK/
+REMAP (a fork child and a moved VMA are unregistered), WP_UNPOPULATED's PTE markers on none entries (async mode
+implies it: write-protecting an unpopulated range allocates PTE tables in the kernel, not in the model), the
+markers a zap leaves in a registered VMA, fault delivery to a handler (async mode resolves every write), the
+huge zero page as a UFFDIO_MOVE source, EBUSY for pinned folios, mmap_changing (-EAGAIN).
 """
 
 from __future__ import annotations
@@ -14,8 +32,10 @@ from thpsim.model import huge_memory, mprotect, rmap
 from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
+from thpsim.model.vma import VM_UFFD_WP, Vma
+from thpsim.model.vma_modify import vma_modify_flags
 
-__all__ = ["move_pages", "writeprotect"]
+__all__ = ["move_pages", "mwriteprotect_range", "userfaultfd_register", "userfaultfd_unregister"]
 
 
 def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int, int]:
@@ -99,5 +119,78 @@ def _move_anon_rmap(k: Kernel, mm: MM, entry: HugePmd | Pte, d: int) -> None:
     rmap.folio_move_anon_rmap(f, dv, index=dv.linear_page_index(d, mm.pt.page_shift))
 
 
-def writeprotect(k: Kernel, mm: MM, start: int, end: int) -> int:
-    return mprotect.uffd_writeprotect(k, mm, start, end)
+def _validate_range(k: Kernel, start: int, length: int) -> int:
+    """validate_range(): page-aligned start and length, length > 0."""
+    if start % k.page or length % k.page or length <= 0:
+        return EINVAL
+    return 0
+
+
+def _vmas_in(mm: MM, start: int, end: int) -> list[Vma]:
+    return list(mm.vmas.overlapping(start, end))
+
+
+def userfaultfd_register(k: Kernel, mm: MM, start: int, length: int) -> int:
+    """UFFDIO_REGISTER (mode WP): 0, -EINVAL (bad range, no VMA, a VMA that cannot be registered) or the
+    -ENOMEM of a VMA split (lazy)."""
+    rc = _validate_range(k, start, length)
+    if rc:
+        return rc
+    end = start + length
+    if not _vmas_in(mm, start, end):
+        return EINVAL
+    pos = start
+    while True:       # userfaultfd_register_range: the VMAs change under the loop (splits, merges)
+        v = next(iter(mm.vmas.overlapping(pos, end)), None)
+        if v is None:
+            return 0
+        lo, hi = max(v.start, pos), min(v.end, end)
+        if not v.flags & VM_UFFD_WP:
+            rc = vma_modify_flags(k, mm, v, lo, hi, v.flags | VM_UFFD_WP)
+            if rc:
+                return rc
+        pos = hi
+
+
+def mwriteprotect_range(k: Kernel, mm: MM, start: int, length: int) -> int:
+    """UFFDIO_WRITEPROTECT (mode WP): -EINVAL for a bad range, -ENOENT if a VMA in range is not registered for WP
+    (the VMAs before it are already protected) or there is none; 0 or -ENOMEM (up-front variant)."""
+    rc = _validate_range(k, start, length)
+    if rc:
+        return rc
+    end = start + length
+    vmas = _vmas_in(mm, start, end)
+    if not vmas:
+        return ENOENT
+    for v in vmas:
+        if not v.flags & VM_UFFD_WP:
+            return ENOENT
+        rc = mprotect.uffd_wp_range(k, mm, v, max(v.start, start), min(v.end, end), enable_wp=True)
+        if rc:
+            return rc
+    return 0
+
+
+def userfaultfd_unregister(k: Kernel, mm: MM, start: int, length: int) -> int:
+    """UFFDIO_UNREGISTER: per registered VMA, resolve the protection of the range (a partial huge PMD is split
+    here, before any VMA split: the v3 07/24 retry, LIVELOCK under persistent failure), then clear VM_UFFD_WP
+    (a VMA split: -ENOMEM under lazy). Unregistered VMAs are skipped; no VMA at all is -EINVAL."""
+    rc = _validate_range(k, start, length)
+    if rc:
+        return rc
+    end = start + length
+    if not _vmas_in(mm, start, end):
+        return EINVAL
+    pos = start
+    while True:
+        v = next(iter(mm.vmas.overlapping(pos, end)), None)
+        if v is None:
+            return 0
+        lo, hi = max(v.start, pos), min(v.end, end)
+        if v.flags & VM_UFFD_WP:
+            # userfaultfd_clear_vma: change_protection's result is not looked at
+            mprotect.uffd_wp_range(k, mm, v, lo, hi, enable_wp=False)
+            rc = vma_modify_flags(k, mm, v, lo, hi, v.flags & ~VM_UFFD_WP)
+            if rc:
+                return rc
+        pos = hi

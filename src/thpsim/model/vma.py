@@ -15,7 +15,7 @@ import bisect
 from collections.abc import Iterator
 
 __all__ = ["PROT_MASK", "VM_DONTCOPY", "VM_EXEC", "VM_HUGEPAGE", "VM_LOCKED", "VM_LOCKONFAULT",
-           "VM_NOHUGEPAGE", "VM_NORESERVE", "VM_RAND_READ", "VM_READ", "VM_SEQ_READ", "VM_WIPEONFORK",
+           "VM_NOHUGEPAGE", "VM_NORESERVE", "VM_RAND_READ", "VM_READ", "VM_SEQ_READ", "VM_UFFD_WP", "VM_WIPEONFORK",
            "VM_WRITE", "Vma", "VmaTree", "can_merge", "is_mergeable_anon_vma", "prot_to_flags"]
 
 VM_READ = 0x1
@@ -30,6 +30,7 @@ VM_NOHUGEPAGE = 0x40000000
 VM_WIPEONFORK = 0x2000000
 VM_RAND_READ = 0x10000
 VM_SEQ_READ = 0x8000
+VM_UFFD_WP = 0x1000        # registered with a userfaultfd in UFFDIO_REGISTER_MODE_WP
 PROT_MASK = VM_READ | VM_WRITE | VM_EXEC
 
 

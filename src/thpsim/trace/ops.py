@@ -188,7 +188,24 @@ class PagemapScanWp(RangeOp):
 
 @dataclass(frozen=True, kw_only=True)
 class UffdWp(RangeOp):
+    """UFFDIO_WRITEPROTECT (mode WP) on a range registered with ``uffd_register``."""
+
     kind: ClassVar[str] = "uffd_wp"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UffdRegister(RangeOp):
+    """UFFDIO_REGISTER in UFFDIO_REGISTER_MODE_WP on the process's userfaultfd (created on first use with
+    UFFD_FEATURE_WP_ASYNC, so a write to a protected page resolves itself and no handler thread is needed)."""
+
+    kind: ClassVar[str] = "uffd_register"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UffdUnregister(RangeOp):
+    """UFFDIO_UNREGISTER: resolve the range's write protection, then drop the registration (splitting VMAs)."""
+
+    kind: ClassVar[str] = "uffd_unregister"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -202,7 +219,8 @@ class Expect(OpBase):
 
 
 Op: TypeAlias = (Mmap | Munmap | Mprotect | Mremap | Mlock | Munlock | Madvise | Write | Read | Fork | Exit
-                 | Khugepaged | ShrinkDeferred | Reclaim | Gup | UffdMove | PagemapScanWp | UffdWp | Migrate | Expect)
+                 | Khugepaged | ShrinkDeferred | Reclaim | Gup | UffdMove | PagemapScanWp | UffdRegister | UffdWp
+                 | UffdUnregister | Migrate | Expect)
 
 
 # ---- field parsers --------------------------------------------------------------------------------------------------
@@ -617,7 +635,9 @@ _DEFS: tuple[OpDef[Any], ...] = (
     OpDef(Gup, (), (*_REGION, "flags"), _parse_gup, _dump_with_flags, _describe_with_flags, model_only=True),
     OpDef(UffdMove, ("to",), _REGION, _parse_uffd_move, _dump_uffd_move, _no_detail, model_only=True),
     OpDef(PagemapScanWp, (), _REGION, _plain_range(PagemapScanWp), _at_len, _no_detail, model_only=True),
-    OpDef(UffdWp, (), _REGION, _plain_range(UffdWp), _at_len, _no_detail, model_only=True),
+    OpDef(UffdRegister, (), _REGION, _plain_range(UffdRegister), _at_len, _no_detail),
+    OpDef(UffdWp, (), _REGION, _plain_range(UffdWp), _at_len, _no_detail),
+    OpDef(UffdUnregister, (), _REGION, _plain_range(UffdUnregister), _at_len, _no_detail),
     OpDef(Migrate, (), _REGION, _plain_range(Migrate), _at_len, _no_detail, model_only=True),
     OpDef(Expect, (), (), _bare(Expect), _no_fields, _no_detail),
 )
@@ -635,6 +655,7 @@ __all__ = [
     "MREMAP_FLAGS", "OP_DEFS", "OP_FIELDS", "PROTS", "REGION_OPS",
     "Access", "Exit", "Expect", "Fork", "Gup", "Inject", "Khugepaged", "Madvise", "Migrate", "Mlock", "Mmap",
     "Mprotect", "Mremap", "Munlock", "Munmap", "Op", "OpBase", "OpDef", "PagemapScanWp", "ParseContext", "Placer",
-    "RangeOp", "Read", "Reclaim", "ShrinkDeferred", "UffdMove", "UffdWp", "Write",
+    "RangeOp", "Read", "Reclaim", "ShrinkDeferred", "UffdMove", "UffdRegister", "UffdUnregister", "UffdWp",
+    "Write",
     "check_name", "describe",
 ]
