@@ -7,6 +7,7 @@ every step and shadow memory checking the data contracts. Each test fails if the
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -281,12 +282,6 @@ def test_row13_gup_split_pmd_enomem_or_partial_count() -> None:
     assert run(*ops).steps[3].result == 1024
 
 
-def test_row14_walk_stops_earlier_pmds_stay_processed() -> None:
-    r = run(*thp(size="4M"), {"op": "pagemap_scan_wp", "id": "a", "off": "4K", "len": "2M"}, policy=SECOND)
-    assert r.steps[3].result == "ENOMEM"
-    assert pm(r, 3) == [(0, M2, "pte_thp"), (M2, 2 * M2, "pmd")]
-
-
 def test_row15_mremap_partial_move_reverted_enomem_data_intact() -> None:
     ops = [*thp(size="4M", at="0"), {"op": "write", "id": "a", "off": "1M", "len": "4K", "byte": 0x11},
            {"op": "mremap", "at": "1M", "len": "2M", "new_len": "2M", "flags": ["maymove", "fixed"], "to": "64M"},
@@ -316,6 +311,14 @@ def test_row17_device_migration_skips_the_page() -> None:
     assert r.steps[3].result == 0 and pm(r, 3) == PMD_HUGE
     assert r.failed_sites == {"migrate_vma_split_unmapped_folio": 1}
     assert run(*ops).steps[3].result == 512
+
+
+def test_row18_pagemap_scan_stops_earlier_pmds_stay_split() -> None:
+    """pagemap_scan_thp_entry (v3 13/24): the second PMD's split fails, the first stays split. (Row 14, the
+    generic walk_pmd_range split of v3 09/24, is tested on its own path in tests/model/test_pagewalk.py.)"""
+    r = run(*thp(size="4M"), {"op": "pagemap_scan_wp", "id": "a", "off": "4K", "len": "2M"}, policy=SECOND)
+    assert r.steps[3].result == "ENOMEM"
+    assert pm(r, 3) == [(0, M2, "pte_thp"), (M2, 2 * M2, "pmd")]
 
 
 def test_row18_pagemap_scan_enomem() -> None:
@@ -538,6 +541,49 @@ def test_row38_every_split_call_checks_its_result() -> None:
     assert len(calls) >= 20
     unchecked = [f"{c.file}:{c.line} {c.func}" for c in calls if not c.checked]
     assert unchecked == [], unchecked
+
+
+# a huge_mm.h in the shape the series leaves it (v3 01/24 + 16/24): __must_check on the THP=y declarations only
+_HUGE_MM_H = """\
+#ifdef CONFIG_TRANSPARENT_HUGEPAGE
+#if defined(CONFIG_SYSFS)
+int __must_check __split_huge_pmd(struct vm_area_struct *vma, pmd_t *pmd,
+#endif
+static inline int __must_check split_huge_pmd(struct vm_area_struct *vma,
+int __must_check split_huge_pmd_address(struct vm_area_struct *vma, unsigned long address,
+#else /* CONFIG_TRANSPARENT_HUGEPAGE */
+static inline int split_huge_pmd(struct vm_area_struct *vma, pmd_t *pmd,
+static inline int __split_huge_pmd(struct vm_area_struct *vma, pmd_t *pmd,
+#define split_huge_pmd_address(vma, address, freeze) 0
+#endif /* CONFIG_TRANSPARENT_HUGEPAGE */
+"""
+
+
+def test_row38_the_series_thp_n_stubs_lack_must_check(tmp_path: Path) -> None:
+    """Kiryl on v3 16/24: the CONFIG_TRANSPARENT_HUGEPAGE=n stubs need __must_check too. The row reads the series'
+    header: nested #if blocks keep their THP branch, a #define has no __must_check."""
+    (tmp_path / "include" / "linux").mkdir(parents=True)
+    (tmp_path / "include" / "linux" / "huge_mm.h").write_text(_HUGE_MM_H)
+    row = review.must_check("lazy", tmp_path)
+    assert row.numbers["thp_y"] == dict.fromkeys(review.SPLIT_DECLS, True)
+    assert row.numbers["thp_n"] == dict.fromkeys(review.SPLIT_DECLS, False)
+    assert row.result == 3 and "builds without a warning when THP=n" in row.verdict
+    fixed = _HUGE_MM_H.replace("static inline int split", "static inline int __must_check split").replace(
+        "static inline int __split", "static inline int __must_check __split").replace(
+        "#define split_huge_pmd_address(vma, address, freeze) 0",
+        "static inline int __must_check split_huge_pmd_address(struct vm_area_struct *vma,")
+    (tmp_path / "include" / "linux" / "huge_mm.h").write_text(fixed)
+    assert review.must_check("lazy", tmp_path).result == 0
+    none = review.must_check("lazy", tmp_path / "missing")
+    assert none.numbers["header"] is None and "does not exist" in none.verdict
+
+
+def test_row38_on_the_lab_series_tree() -> None:
+    tree = review.series_tree()
+    if tree is None:
+        pytest.skip(f"the lab's {review.SERIES_TREE_KERNEL} is not built (thpsim lab build {review.SERIES_TREE_KERNEL})")
+    row = review.must_check("lazy", tree)
+    assert row.numbers["without_must_check"] == [f"{f} (THP=n)" for f in review.SPLIT_DECLS]
 
 
 def test_guard_install_rezaps_then_restarts_like_7_3():

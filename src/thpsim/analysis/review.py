@@ -7,14 +7,18 @@ numbers, each run under the lazy design and its variants side by side.
 * ``hugh-reclaim`` (Hugh Dickins): reclaiming (swap) one anon THP mapped by N forked processes under a page budget
   needs N table allocations from the PF_MEMALLOC reserves; if allocation k fails, k−1 reserve pages are consumed
   and nothing is freed.
-* ``must-check`` (Kiryl, 16/24): every call of a split primitive in the model checks its result (an AST scan of
-  the model sources, the model's ``__must_check``).
+* ``must-check`` (Kiryl, 16/24: "I think we want the same __must_check annotation on stubs for CONFIG_THP=n"):
+  which declarations of ``__split_huge_pmd``, ``split_huge_pmd`` and ``split_huge_pmd_address`` in the series'
+  ``include/linux/huge_mm.h`` carry ``__must_check``, for CONFIG_TRANSPARENT_HUGEPAGE=y and for the =n stubs
+  (read from a patched tree: the lab's ``lazy-v3-7.3`` build, or ``--tree``); and, as the model's own habit,
+  whether every split call in the model sources checks its result (an AST scan).
 """
 
 from __future__ import annotations
 
 import ast
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,19 +191,102 @@ def split_call_sites(model_dir: Path = MODEL_DIR) -> list[CallSite]:
     return sorted(out, key=lambda c: (c.file, c.line))
 
 
-def must_check(design: str) -> ReviewRow:
+SPLIT_DECLS = ("__split_huge_pmd", "split_huge_pmd", "split_huge_pmd_address")   # v3 16/24's three
+SERIES_TREE_KERNEL = "lazy-v3-7.3"
+_DECL = re.compile(r"^(?P<pre>(?:static\s+inline\s+)?(?:int|void)\s+(?:__must_check\s+)?)"
+                   r"(?P<name>__split_huge_pmd|split_huge_pmd|split_huge_pmd_address)\s*\(")
+_MACRO = re.compile(r"^#\s*define\s+(?P<name>__split_huge_pmd|split_huge_pmd|split_huge_pmd_address)\s*\(")
+_THP_IF = re.compile(r"^#\s*(?P<kw>ifdef|ifndef|if)\b(?P<cond>.*)")
+
+
+@dataclass(frozen=True)
+class SplitDecl:
+    """One declaration of a split function in huge_mm.h: under which CONFIG_TRANSPARENT_HUGEPAGE setting
+    ("y", "n", or "any" outside a THP conditional) and whether it is ``__must_check``."""
+
+    func: str
+    thp: str
+    line: int
+    must_check: bool
+
+
+def huge_mm_split_decls(text: str) -> list[SplitDecl]:
+    """The declarations of SPLIT_DECLS in a huge_mm.h text, with the THP branch each is in (``#ifdef
+    CONFIG_TRANSPARENT_HUGEPAGE`` / ``#else`` / ``#endif``, nesting followed; a ``#define`` has no
+    ``__must_check``)."""
+    stack: list[tuple[bool | None, bool]] = []   # (the branch is THP=y / THP=n / not a THP conditional, else seen)
+    out: list[SplitDecl] = []
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = _THP_IF.match(line)
+        if m:
+            cond = m.group("cond")
+            thp = "CONFIG_TRANSPARENT_HUGEPAGE" in cond and "&&" not in cond and "||" not in cond
+            positive = m.group("kw") != "ifndef" and not cond.strip().startswith("!")
+            stack.append((positive if thp else None, False))
+            continue
+        if re.match(r"^#\s*(else|elif)\b", line) and stack:
+            pos, _ = stack[-1]
+            stack[-1] = (None if pos is None else not pos, True)
+            continue
+        if re.match(r"^#\s*endif\b", line) and stack:
+            stack.pop()
+            continue
+        branch = next((pos for pos, _ in reversed(stack) if pos is not None), None)
+        where = "any" if branch is None else ("y" if branch else "n")
+        d = _DECL.match(line)
+        if d:
+            out.append(SplitDecl(d.group("name"), where, no, "__must_check" in d.group("pre")))
+            continue
+        mm = _MACRO.match(line)
+        if mm:
+            out.append(SplitDecl(mm.group("name"), where, no, False))
+    return out
+
+
+def series_tree() -> Path | None:
+    """The patched source tree of the lab's lazy series build, if it was built."""
+    from thpsim.lab.build import find_built, source_tree
+
+    bk = find_built(SERIES_TREE_KERNEL)
+    return source_tree(bk) if bk is not None else None
+
+
+def must_check(design: str, tree: Path | None = None) -> ReviewRow:
     sites = split_call_sites()
     bad = [s for s in sites if not s.checked]
-    nums = {"call_sites": len(sites), "unchecked": len(bad),
-            "unchecked_sites": [f"{s.file}:{s.line} {s.func}" for s in bad]}
-    verdict = ("every split call in the model checks its result" if not bad else
-               f"{len(bad)} call(s) discard the result: " + ", ".join(nums["unchecked_sites"]))  # type: ignore[arg-type]
-    return ReviewRow("must-check", design, "model sources", len(bad), nums, verdict)
+    nums: dict[str, Any] = {"call_sites": len(sites), "unchecked": len(bad),
+                            "unchecked_sites": [f"{s.file}:{s.line} {s.func}" for s in bad]}
+    model = ("every split call in the model checks its result" if not bad else
+             f"{len(bad)} model call(s) discard the result: " + ", ".join(nums["unchecked_sites"]))
+    header = tree / "include" / "linux" / "huge_mm.h" if tree is not None else None
+    if header is None or not header.is_file():
+        where = f"{header} does not exist" if header is not None else \
+            f"no series tree (build it: thpsim lab build {SERIES_TREE_KERNEL}, or pass --tree DIR)"
+        nums["header"] = None
+        return ReviewRow("must-check", design, "model sources", len(bad), nums,
+                         f"the series' THP=n stubs not checked: {where}; {model}")
+    decls = huge_mm_split_decls(header.read_text(encoding="utf-8", errors="replace"))
+    nums["header"] = str(header)
+    for cfg in ("y", "n"):
+        nums[f"thp_{cfg}"] = {d.func: d.must_check for d in decls if d.thp in (cfg, "any")}
+    missing = [f"{f} (THP={cfg})" for cfg in ("y", "n") for f in SPLIT_DECLS
+               if not nums[f"thp_{cfg}"].get(f, False)]
+    nums["without_must_check"] = missing
+    verdict = ("every declaration of the three split functions is __must_check" if not missing else
+               f"{len(missing)} declaration(s) without __must_check: {', '.join(missing)}"
+               + (" — an unchecked call builds without a warning when THP=n" if any("THP=n" in m for m in missing)
+                  else ""))
+    return ReviewRow("must-check", design, "huge_mm.h + model sources", len(missing) + len(bad), nums,
+                     f"{verdict}; {model}")
 
 
 def review_table(designs: tuple[str, ...] = ("lazy", *VARIANTS), *, problems: tuple[str, ...] = PROBLEMS,
-                 n: int = 1000, reserve_pages: int | None = None) -> list[ReviewRow]:
+                 n: int = 1000, reserve_pages: int | None = None, tree: Path | None = None) -> list[ReviewRow]:
+    """``tree``: the series' patched kernel tree for the must-check row (default: the lab's build, if any)."""
     rows: list[ReviewRow] = []
+    if "must-check" in problems and tree is None:
+        tree = series_tree()
     for p in problems:
         for d in designs:
             if p == "zap-skip":
@@ -209,7 +296,7 @@ def review_table(designs: tuple[str, ...] = ("lazy", *VARIANTS), *, problems: tu
             elif p == "hugh-reclaim":
                 rows.append(hugh_reclaim(d, n=n, reserve_pages=reserve_pages))
             elif p == "must-check":
-                rows.append(must_check(d))
+                rows.append(must_check(d, tree))
             else:
                 raise ValueError(f"unknown review problem {p!r}; problems: {', '.join(PROBLEMS)}")
     return rows

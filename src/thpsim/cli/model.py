@@ -5,6 +5,7 @@ replayed on the model only (nothing here touches the live kernel, except ``selft
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import thpsim.cli.options as O
@@ -19,6 +20,7 @@ from thpsim.cli.common import (
     out,
     report_expectations,
 )
+from thpsim.errors import ThpsimError
 
 __all__ = ["COMMANDS", "cmd_run", "cmd_compare", "cmd_selftest", "cmd_campaign", "cmd_review"]
 
@@ -114,6 +116,11 @@ def cmd_review(args: argparse.Namespace) -> int:
     kw: dict[str, Any] = {"n": args.n}
     if args.reserves is not None:
         kw["reserve_pages"] = args.reserves
+    if args.tree is not None:
+        if not (args.tree / "include" / "linux" / "huge_mm.h").is_file():
+            raise ThpsimError(f"--tree {args.tree}: no include/linux/huge_mm.h there (give the top of a kernel tree "
+                              "with the series applied)")
+        kw["tree"] = args.tree
     rows = review_table(**kw)
     emit(args, rows, lambda: format_review(rows))
     return EXIT_OK
@@ -123,6 +130,8 @@ def _setup_review(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1000, help="processes sharing the THP in Hugh's reclaim case")
     # not fault injection's --reserves (a size beyond the budget): a page count for review's reclaim case
     p.add_argument("--reserves", type=int, help="PF_MEMALLOC reserve pages (default: n/2)")
+    p.add_argument("--tree", type=Path, help="a kernel tree with the series applied, for the must-check row "
+                   "(default: the lab's lazy-v3-7.3 build, if built)")
 
 
 COMMANDS = (

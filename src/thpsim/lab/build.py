@@ -39,7 +39,7 @@ from thpsim.lab.apt import AptWorkspace, LabStepError
 from thpsim.lab.kernels import KernelSpec, default_series
 from thpsim.live.env import parse_config
 
-__all__ = ["BuiltKernel", "build_kernel", "cache_root", "find_built", "series_files", "required_options",
+__all__ = ["BuiltKernel", "build_kernel", "cache_root", "find_built", "series_files", "required_options", "source_tree",
            "Progress", "BUILDER_VERSION"]
 
 BUILDER_VERSION = 1
@@ -83,6 +83,15 @@ class BuiltKernel:
     @property
     def patched(self) -> bool:
         return self.series_sha256 is not None
+
+
+def source_tree(bk: BuiltKernel) -> Path:
+    """The unpacked (and patched) kernel tree of a source build."""
+    d = Path(bk.directory)
+    trees = [p for p in d.iterdir() if (p / "Makefile").exists()] if d.is_dir() else []
+    if not trees:
+        raise ThpsimError(f"lab kernel {bk.name} has no source tree in {bk.directory}")
+    return trees[0]
 
 
 def fragment_text(arch: str) -> str:

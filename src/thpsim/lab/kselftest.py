@@ -15,7 +15,7 @@ from pathlib import Path
 
 from thpsim.errors import ThpsimError
 from thpsim.lab.apt import LabStepError
-from thpsim.lab.build import BuiltKernel
+from thpsim.lab.build import BuiltKernel, source_tree
 
 __all__ = ["build_kselftest", "ADAPTATIONS"]
 
@@ -26,11 +26,9 @@ ADAPTATIONS = ((' "thp_settings.h"', ' "hugepage_settings.h"'),
 
 def build_kselftest(bk: BuiltKernel) -> Path:
     """Compile the series' thp_pmd_split_test for ``bk``; return the binary (cached beside the build)."""
-    trees = [p for p in Path(bk.directory).iterdir() if (p / "Makefile").exists()]
-    if not trees:
-        raise ThpsimError(f"lab kernel {bk.name} has no source tree in {bk.directory}")
-    mm = trees[0] / "tools/testing/selftests/mm"
-    src = trees[0] / TEST
+    tree = source_tree(bk)
+    mm = tree / "tools/testing/selftests/mm"
+    src = tree / TEST
     if not src.exists():
         raise ThpsimError(f"{bk.name} has no {TEST}: the series (v3 patch 19) is not applied to it")
     out = Path(bk.directory) / "kselftest"
@@ -47,7 +45,7 @@ def build_kselftest(bk: BuiltKernel) -> Path:
     log = out / "build.log"
     with open(log, "w") as f:
         r = subprocess.run(["gcc", "-O2", "-Wall", "-I", str(mm), "-I", str(mm.parent), "-isystem",
-                            str(trees[0] / "tools/include"), "-isystem", str(trees[0] / "tools/include/uapi"),
+                            str(tree / "tools/include"), "-isystem", str(tree / "tools/include/uapi"),
                             "-o", str(binary), str(copy), str(mm / "vm_util.c"), str(mm / "hugepage_settings.c")],
                            stdout=f, stderr=subprocess.STDOUT)
     if r.returncode != 0:

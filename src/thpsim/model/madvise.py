@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thpsim.errors import LivelockDetected
-from thpsim.model import gup, huge_memory, khugepaged, memory, rmap, vmscan
+from thpsim.model import gup, huge_memory, khugepaged, memory, pagewalk, rmap, vmscan
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
@@ -230,25 +230,28 @@ def _populate(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, write: bool) -
 MAX_MADVISE_GUARD_RETRIES = 3   # mm/madvise.c
 
 
-def _guard_needs_zap(k: Kernel, mm: MM, start: int, end: int) -> bool:
-    """guard_install_pmd_entry / guard_install_pte_entry: a huge PMD, or a populated non-guard PTE, in range."""
-    pt = mm.pt
-    for a, b in pmd_ranges(start, end, k.pmd_size):
-        s = pt.slot(a)
-        if isinstance(s, HugePmd):
-            return True
-        if isinstance(s, PteTable):
-            lo = pt.pte_index(a)
-            for i in range(lo, lo + (b - a) // k.page):
-                e = s.ptes.get(i)
-                if e is not None and e.kind != PTE_GUARD:
-                    return True
-    return False
+def _guard_install_pmd_entry(walk: pagewalk.MmWalk, slot: HugePmd | PteTable, addr: int, end: int) -> int:
+    return 1 if isinstance(slot, HugePmd) else 0     # huge: return > 0, the caller zaps
+
+
+def _guard_install_pte_entry(walk: pagewalk.MmWalk, table: PteTable, i: int, addr: int) -> int:
+    pte = table.ptes.get(i)
+    return 0 if pte is None or pte.kind == PTE_GUARD else 1      # populated: return > 0, the caller zaps
+
+
+def _guard_install_set_pte(walk: pagewalk.MmWalk, addr: int) -> Pte:
+    return Pte(PTE_GUARD)                            # a guard marker in every none PTE
+
+
+GUARD_INSTALL_WALK_OPS = pagewalk.MmWalkOps(pmd_entry=_guard_install_pmd_entry,
+                                            pte_entry=_guard_install_pte_entry,
+                                            install_pte=_guard_install_set_pte)
 
 
 def _guard_install(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
-    """madvise_guard_install() (7.3.4): walk; where something is mapped, zap_vma_range() and walk again, at most
-    MAX_MADVISE_GUARD_RETRIES times, then restart_syscall() — which repeats the whole call. Under the lazy
+    """madvise_guard_install() (7.3.4): walk, installing markers into none PTEs (allocating tables); where
+    something is mapped the walk stops with 1 and the range is zapped (guard markers stay), then walked again, at
+    most MAX_MADVISE_GUARD_RETRIES times, then restart_syscall() — which repeats the whole call. Under the lazy
     series a zap whose split cannot get its table leaves the PMD huge, so a persistent allocation failure
     restarts the syscall forever (reported as LIVELOCK after the model's bound); one failure is retried
     away (measured on lazy-v3-7.3 with fail_page_alloc: the call returns 0)."""
@@ -256,42 +259,35 @@ def _guard_install(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
         return EINVAL
     for _restart in range(k.max_retries):
         for _ in range(MAX_MADVISE_GUARD_RETRIES):
-            if not _guard_needs_zap(k, mm, start, end):
-                return _guard_set_markers(k, mm, start, end)
+            err = pagewalk.walk_page_range_vma(k, mm, v, start, end, GUARD_INSTALL_WALK_OPS,
+                                               caller="madvise_guard_install")
+            if err <= 0:
+                return err
             memory.zap_pmd_range(k, mm, v, start, end, caller="madvise_guard_install")
     raise LivelockDetected(f"madvise_guard_install at {start:#x} restarted the syscall {k.max_retries} times: "
                            f"the range still maps pages after {MAX_MADVISE_GUARD_RETRIES} zaps each "
                            "(restart_syscall() has no bound)")
 
 
-def _guard_set_markers(k: Kernel, mm: MM, start: int, end: int) -> int:
-    """The walk's install_pte: a guard marker in every none PTE (allocating tables as the walk does)."""
-    pt = mm.pt
-    a = start
-    while a < end:
-        if not k.pmd_alloc(mm, a) or not k.pte_alloc(mm, a):
-            return ENOMEM
-        table = pt.slot(a)
-        assert isinstance(table, PteTable)
-        table.ptes[pt.pte_index(a)] = Pte(PTE_GUARD)
-        a += k.page
+def _guard_remove_pmd_entry(walk: pagewalk.MmWalk, slot: HugePmd | PteTable, addr: int, end: int) -> int:
+    if isinstance(slot, HugePmd):
+        walk.action = pagewalk.Action.CONTINUE      # huge: cannot hold guard markers
     return 0
+
+
+def _guard_remove_pte_entry(walk: pagewalk.MmWalk, table: PteTable, i: int, addr: int) -> int:
+    pte = table.ptes.get(i)
+    if pte is not None and pte.kind == PTE_GUARD:
+        del table.ptes[i]
+    return 0
+
+
+GUARD_REMOVE_WALK_OPS = pagewalk.MmWalkOps(pmd_entry=_guard_remove_pmd_entry, pte_entry=_guard_remove_pte_entry)
 
 
 def _guard_remove(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
-    pt = mm.pt
-    a = start
-    while a < end:
-        s = pt.slot(a)
-        if isinstance(s, PteTable):
-            i = pt.pte_index(a)
-            pte = s.ptes.get(i)
-            if pte is not None and pte.kind == PTE_GUARD:
-                del s.ptes[i]
-            a += k.page
-        else:
-            a = (a | (k.pmd_size - 1)) + 1
-    return 0
+    """madvise_guard_remove(): clear the guard markers of the range (allowed on mlocked VMAs)."""
+    return pagewalk.walk_page_range_vma(k, mm, v, start, end, GUARD_REMOVE_WALK_OPS, caller="madvise_guard_remove")
 
 
 GUARD_ADVICE = frozenset({"guard_install", "guard_remove"})
