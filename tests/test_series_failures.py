@@ -313,6 +313,33 @@ def test_row17_device_migration_skips_the_page() -> None:
     assert run(*ops).steps[3].result == 512
 
 
+def test_row17_migrate_vma_insert_page_aborts_on_a_huge_zero_pmd() -> None:
+    """Issue 9 item 9: a huge zero PMD is collected as a hole; migrate_vma_insert_page splits it before inserting
+    each device page. v3 12/24: a failed split is goto abort — that page is not migrated and the next page of the
+    same PMD tries the split again.
+
+        [0 ---------------- 2M)   huge zero PMD (a read fault), then migrate [0, 2M)
+    """
+    zero = [{"op": "mmap", "id": "a", "len": "2M"}, {"op": "madvise", "id": "a", "advice": "hugepage"},
+            {"op": "read", "id": "a", "len": "4K"}, {"op": "migrate", "id": "a"}, {"op": "read", "id": "a"}]
+    once = run(*zero, policy=ONE)
+    assert once.steps[3].result == 511 and once.failed_sites == {"migrate_vma_insert_page": 1}
+    assert once.split_sites == {"migrate_vma_insert_page": 1} and not once.violations
+    assert pm(once, 3) == [(0, 4096, "zero"), (4096, M2, "pte")]     # the zero page at 0, 511 device pages
+    assert proc(once, 3).rss_anon_kb == 511 * 4
+    stuck = run(*zero, policy=ALWAYS)
+    assert stuck.steps[3].result == 0 and pm(stuck, 3) == [(0, M2, "pmd_zero")]
+    assert stuck.failed_sites == {"migrate_vma_insert_page": 512}
+    up = run(*zero, design="upstream", policy=ALWAYS)
+    assert up.steps[3].result == 512 and up.split_sites == {"migrate_vma_insert_page": 1}
+    # an unpopulated range: every page is a hole, the tables come from __pte_alloc (goto abort when it fails)
+    holes = run({"op": "mmap", "id": "a", "len": "2M"}, {"op": "migrate", "id": "a"})
+    assert holes.steps[1].result == 512 and proc(holes, 1).rss_anon_kb == 2048
+    no_table = run({"op": "mmap", "id": "a", "len": "2M"}, {"op": "migrate", "id": "a"},
+                   policy=FailPolicy(persistent_site="__pte_alloc"))
+    assert no_table.steps[1].result == 0 and proc(no_table, 1).vm_pte_kb == proc(holes, 1).vm_pte_kb - 4
+
+
 def test_row18_pagemap_scan_stops_earlier_pmds_stay_split() -> None:
     """pagemap_scan_thp_entry (v3 13/24): the second PMD's split fails, the first stays split. (Row 14, the
     generic walk_pmd_range split of v3 09/24, is tested on its own path in tests/model/test_pagewalk.py.)"""

@@ -32,7 +32,7 @@ __all__ = ["AllocRecord", "FailPolicy", "INJECT_POINTS", "InjectPoint", "PageAll
 SITES = (
     "pte_alloc_one@split", "pte_alloc_one@fault", "pte_alloc_one@huge_zero", "pte_alloc_one@fork",
     "pte_alloc_one@rmap_prealloc", "pte_alloc_one@reserve_pool", "__pte_alloc", "__pmd_alloc", "__pud_alloc",
-    "folio@thp_fault", "folio@fault", "folio@cow", "folio@collapse", "folio@huge_zero",
+    "folio@thp_fault", "folio@fault", "folio@cow", "folio@collapse", "folio@huge_zero", "folio@migrate_device",
 )
 
 
@@ -53,6 +53,7 @@ SITE_CALLER: dict[str, str] = {
     "folio@huge_zero": "get_huge_zero_folio",
     "folio@fault": "do_anonymous_page",
     "folio@cow": "wp_page_copy",
+    "folio@migrate_device": "dmirror_devmem_alloc_page",  # the device driver's page (lib/test_hmm.c), model-only
 }
 
 
