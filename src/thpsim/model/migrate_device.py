@@ -50,9 +50,9 @@ def migrate_vma(k: Kernel, mm: MM, start: int, end: int) -> int:
                 continue
             huge_memory.split_folio(k, f, caller="migrate_vma_split_unmapped_folio")
         pte = mm.pt.get_pte(a)
-        if pte is not None and pte.kind == PTE_PAGE:
-            migrated += 1
-        elif (pte is None or pte.kind == PTE_ZERO) and migrate_vma_insert_page(k, mm, vma, a):
+        present = pte is not None and pte.kind == PTE_PAGE
+        hole = pte is None or pte.kind == PTE_ZERO
+        if present or (hole and migrate_vma_insert_page(k, mm, vma, a)):
             migrated += 1
         a += k.page
     return migrated
