@@ -9,7 +9,7 @@ from thpsim.model.design import DESIGNS, ChangeProtSplitFailure, Design, RmapTab
 
 
 def test_a_misspelt_policy_is_refused_with_the_allowed_values() -> None:
-    with pytest.raises(ThpsimError, match=r"zap_split_failure must be one of 'skip', 'zero', 'enomem', not 'zeros'"):
+    with pytest.raises(ThpsimError, match=r"zap_split_failure must be one of 'skip', 'zero', 'enomem', 'upfront', not 'zeros'"):
         Design("x", False, zap_split_failure="zeros")  # type: ignore[arg-type]
     with pytest.raises(ThpsimError, match="change_prot_split_failure must be one of 'retry', 'upfront'"):
         Design("x", False, change_prot_split_failure="later")  # type: ignore[arg-type]

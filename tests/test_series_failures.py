@@ -542,6 +542,29 @@ def test_row35_zap_skip_leaves_data() -> None:
     assert any("counter check" in c for c in failed)
     assert review.zap_skip("lazy-zap-zero").numbers["pages_not_zeroed"] == 0
     assert review.zap_skip("lazy-zap-enomem").result == "ENOMEM"
+    up = review.zap_skip("lazy-dontneed-upfront")
+    assert up.result == "ENOMEM" and up.numbers["pages_not_zeroed"] == 0 and up.numbers["violations"] == 0
+
+
+def test_dontneed_upfront_variant_fails_before_zapping_anything() -> None:
+    """lazy-dontneed-upfront (issue 9 item 7): MADV_DONTNEED of [4K, 4M-4K) over two THPs.
+
+        [0 ---- THP 0 ---- 2M ---- THP 1 ---- 4M)
+           |<-------- DONTNEED ---------->|        both ends cut a huge PMD: split both first
+    The second split fails: ENOMEM, THP 0 is split but nothing is zapped (the data stays, and says so: no
+    contract violation). One failure less and the call zaps everything. Other zap callers (munmap's
+    unmap_region) keep v3's skip."""
+    ops = [*thp(size="4M"), {"op": "madvise", "id": "a", "off": "4K", "len": "4M-8K", "advice": "dontneed"},
+           {"op": "read", "id": "a"}]
+    r = run(*ops, design="lazy-dontneed-upfront", policy=SECOND)
+    assert r.steps[3].result == "ENOMEM" and not r.violations
+    assert pm(r, 3) == [(0, M2, "pte_thp"), (M2, 2 * M2, "pmd")]
+    assert r.failed_sites == {"madvise_dontneed_single_vma": 1} and proc(r, 3).rss_anon_kb == 4096
+    ok = run(*ops, design="lazy-dontneed-upfront")
+    assert ok.steps[3].result == 0 and proc(ok, 3).rss_anon_kb == 8 and not ok.violations
+    assert ok.split_sites == {"madvise_dontneed_single_vma": 2}
+    v3 = run(*ops, design="lazy", policy=SECOND)
+    assert v3.steps[3].result == 0 and any("still holds data" in v for v in v3.violations)
 
 
 def test_row36_mprotect_retry_unbounded() -> None:

@@ -8,7 +8,8 @@ strategy's questions, each a typed field validated at construction:
 split, freed at zap, moved by mremap/UFFDIO_MOVE, and is the old table deposited at collapse)? The table hooks
 in huge_memory.py (``pgtable_alloc_deposit``, ``pgtable_trans_huge_deposit``, ``split_pgtable_alloc``, ...) are
 the only readers; ``zap_split_failure`` — what a partial zap does when the split fails (series v3: skip the PMD
-and return success); ``change_prot_split_failure`` — what change_pmd_range does (series v3: cond_resched and
+and return success; variants: zero in place, ENOMEM from every zap, or MADV_DONTNEED splitting up front);
+``change_prot_split_failure`` — what change_pmd_range does (series v3: cond_resched and
 retry the same PMD; variant: split up front before changing anything, failing with ENOMEM); ``rmap_tables`` —
 where try_to_unmap/try_to_migrate get the split table (series v3: one pte_alloc_one per rmap_one call; variant:
 a reserved pool with mempool semantics — the page allocator first, the pool when it fails, refilled by the
@@ -37,6 +38,8 @@ class ZapSplitFailure(StrEnum):
     SKIP = "skip"        # series v3: leave the PMD mapped, return success
     ZERO = "zero"        # zero the skipped range in place (only if nobody else maps the folio), else ENOMEM
     ENOMEM = "enomem"    # fail the syscall with ENOMEM
+    UPFRONT = "upfront"  # MADV_DONTNEED splits the partial PMDs before zapping anything (ENOMEM, nothing zapped);
+    #                      the other zap callers skip as v3 does
 
 
 class ChangeProtSplitFailure(StrEnum):
@@ -117,6 +120,10 @@ DESIGNS: dict[str, Design] = {
                description="lazy, but a failed split in a partial zap zeroes the skipped range (Kiryl's minimum)"),
         Design("lazy-zap-enomem", False, zap_split_failure=ZapSplitFailure.ENOMEM,
                description="lazy, but MADV_DONTNEED fails with ENOMEM when a split fails (opt-in skip)"),
+        Design("lazy-dontneed-upfront", False, zap_split_failure=ZapSplitFailure.UPFRONT,
+               description="thpsim what-if after Kiryl's opt-in point: lazy, but MADV_DONTNEED splits the "
+                           "partial PMDs at the range ends before zapping and fails with ENOMEM, nothing zapped; "
+                           "other zap callers skip as v3 does"),
         Design("lazy-mprotect-upfront", False, change_prot_split_failure=ChangeProtSplitFailure.UPFRONT,
                description="lazy, but change_protection splits the partial PMDs up front and fails with ENOMEM "
                            "before changing anything (Kiryl's suggestion)"),
@@ -126,7 +133,7 @@ DESIGNS: dict[str, Design] = {
                            "the pool is refilled by the page tables freed later"),
     )
 }
-VARIANTS = ("lazy-zap-zero", "lazy-zap-enomem", "lazy-mprotect-upfront", "lazy-reclaim-pool")
+VARIANTS = ("lazy-zap-zero", "lazy-zap-enomem", "lazy-dontneed-upfront", "lazy-mprotect-upfront", "lazy-reclaim-pool")
 
 
 def get_design(name: str) -> Design:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from thpsim.errors import LivelockDetected
 from thpsim.model import gup, huge_memory, khugepaged, memory, pagewalk, rmap, vmscan
+from thpsim.model.design import ZapSplitFailure
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
@@ -98,6 +99,12 @@ def _flags(k: Kernel, mm: MM, v: Vma, start: int, end: int, set_f: int, clear_f:
 def _dontneed(k: Kernel, mm: MM, v: Vma, start: int, end: int, *, locked_ok: bool = False) -> int:
     if v.flags & VM_LOCKED and not locked_ok:
         return EINVAL
+    if k.design.zap_split_failure is ZapSplitFailure.UPFRONT:
+        # lazy-dontneed-upfront: split the huge PMDs the range ends cut before zapping anything
+        for cut, inside in ((start, start), (end, end - 1)):
+            if cut % k.pmd_size and isinstance(mm.pt.slot(inside), HugePmd) and \
+                    huge_memory.__split_huge_pmd(k, mm, v, inside, caller="madvise_dontneed_single_vma") != 0:
+                return ENOMEM
     return memory.zap_pmd_range(k, mm, v, start, end, reclaim_pt=True, keep_guard=True, caller="zap_pmd_range")
 
 
