@@ -44,6 +44,7 @@ signum  # cli.py signal handler signature (signal.signal)
 exc  # live/pagemap.py __exit__(*exc)
 _._sock  # live/_child.py keeps the socket object alive
 PROT_EXEC  # live/syscalls.py: the uapi constant table
+UFFD_FEATURE_WP_UNPOPULATED  # live/syscalls.py: uapi constant (WP_ASYNC implies it; named for the docs)
 PROT_NONE
 PAGE_IS_WPALLOWED
 PAGE_IS_WRITTEN
@@ -75,3 +76,7 @@ _._mremap
 _._fork
 _._vfork
 MODEL_ONLY  # model/engine.py, used by tests/test_model_optable.py
+_uffd_register  # live/_child.py and model/engine.py: registered by @_live / @_op into CHILD_OPS / OPS
+_uffd_wp  # live/_child.py: registered by @_live into CHILD_OPS
+_uffd_unregister  # live/_child.py: registered by @_live into CHILD_OPS
+_.final_states  # analysis/races.py RaceResult field: in --json output and tests

@@ -30,7 +30,8 @@ _policy = policy        # the name tests and older callers import
 _BY_NAME = {c.name: c for group in (model, demo, live, lab, reports, traces) for c in group.COMMANDS}
 # the order `thpsim --help` lists them in
 COMMANDS: tuple[Command, ...] = tuple(_BY_NAME[n] for n in (
-    "run", "demo", "live", "diff", "probe", "compare", "selftest", "campaign", "review", "report", "estimate",
+    "run", "demo", "live", "diff", "probe", "compare", "selftest", "campaign", "review", "races", "report",
+    "estimate",
     "snapshot", "generate", "import-strace", "record", "vmpte-check", "validate", "lab"))
 assert len(COMMANDS) == len(_BY_NAME), "a command is missing from the --help order"
 

@@ -22,7 +22,7 @@ from thpsim.cli.common import (
 )
 from thpsim.errors import ThpsimError
 
-__all__ = ["COMMANDS", "cmd_run", "cmd_compare", "cmd_selftest", "cmd_campaign", "cmd_review"]
+__all__ = ["COMMANDS", "cmd_run", "cmd_compare", "cmd_selftest", "cmd_campaign", "cmd_races", "cmd_review"]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -134,6 +134,33 @@ def _setup_review(p: argparse.ArgumentParser) -> None:
                    "(default: the lab's lazy-v3-7.3 build, if built)")
 
 
+def cmd_races(args: argparse.Namespace) -> int:
+    from thpsim.analysis.races import SCENARIOS, explore, format_races, replay
+
+    names = args.scenario or list(SCENARIOS)
+    designs = args.designs or ("upstream", "lazy")
+    if args.replay is not None:
+        if len(names) != 1 or len(designs) != 1:
+            raise ThpsimError("--replay runs one schedule: give exactly one --scenario and one design (--designs D)")
+        steps, broken = replay(names[0], designs[0], tuple(x for x in args.replay.split(",") if x))
+        emit(args, {"steps": steps, "broken": broken},
+             lambda: "\n".join([*steps, *(f"BROKEN: {b}" for b in broken)] or ["(no steps)"]))
+        return EXIT_DIFF if broken else EXIT_OK
+    results = [explore(n, d) for n in names for d in designs]
+    emit(args, results, lambda: format_races(results))
+    return EXIT_OK
+
+
+def _setup_races(p: argparse.ArgumentParser) -> None:
+    from thpsim.analysis.races import SCENARIOS
+
+    p.add_argument("--scenario", action="append", choices=tuple(SCENARIOS), metavar="NAME",
+                   help="a race scenario (repeatable; default all): %(choices)s")
+    O.DESIGNS_OPT.with_(help="designs to explore (default upstream,lazy)").add(p)
+    p.add_argument("--replay", metavar="T1,T2,...", help="run one schedule (thread names in order) and print "
+                   "its steps and the invariants it breaks")
+
+
 COMMANDS = (
     Command("run", cmd_run, "replay a trace on the model and print the per-step observations", _setup_run),
     Command("compare", cmd_compare, "replay a trace under several designs and compare page-table memory",
@@ -143,4 +170,6 @@ COMMANDS = (
     Command("campaign", cmd_campaign, "fail every allocation point of a trace in turn and report outcomes",
             _setup_campaign),
     Command("review", cmd_review, "the v3 review's open problems, measured for lazy and the variants", _setup_review),
+    Command("races", cmd_races, "every interleaving of small two-thread scenarios at the split's lock boundaries",
+            _setup_races),
 )
