@@ -28,6 +28,9 @@ def test_v3_02_window_lets_a_vma_lock_fault_straddle_the_split() -> None:
         "B: handle_mm_fault (do_huge_pmd_anonymous_page)") < f.steps.index("A: vma_start_write")
     up = races.explore("split-vma-vs-vma-lock-fault", "upstream")
     assert up.findings == () and up.interleavings < lazy.interleavings       # the write lock orders them
+    # the fix (write-lock first, as upstream) closes it
+    fixed = races.explore("split-vma-vs-vma-lock-fault", "lazy-vma-lock-first")
+    assert fixed.findings == () and fixed.interleavings == up.interleavings
     # the finding replays, under lazy only
     steps, broken = races.replay("split-vma-vs-vma-lock-fault", "lazy", f.schedule)
     assert steps == f.steps and broken == f.broken

@@ -12,8 +12,9 @@ data a thread wrote) in every final state. A schedule that breaks one is a :clas
 Locks modelled: mmap_lock (readers/writer), the per-VMA lock (``lock_vma_under_rcu`` reads it unless the VMA was
 write-locked in this mmap write cycle — then the fault falls back to mmap_lock; ``vma_start_write`` waits for
 readers), and the PMD lock (each step that takes it is one atomic step). Which order ``__split_vma`` runs
-``vma_adjust_trans_huge`` and ``vma_start_write`` in is the design's: every design whose split can fail (the lazy
-family) carries v3 02/24, which moved the PMD split to the top of ``__split_vma``, before ``vma_start_write()``.
+``vma_adjust_trans_huge`` and ``vma_start_write`` in is the design's (``Design.split_vma_order``): the lazy family
+carries v3 02/24, which moved the PMD split to the top of ``__split_vma``, before ``vma_start_write()``;
+``lazy-vma-lock-first`` write-locks first, as upstream does.
 
 Follows 7.3.4 (mm/vma.c, mm/memory.c lock_vma_under_rcu, mm/huge_memory.c, mm/khugepaged.c, kernel/fork.c
 dup_mmap) and v3 02/24 and 17/24. Left out: the mmap_lock fairness and RCU grace periods, TLB flushes, the
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 
 from thpsim.errors import ThpsimError
 from thpsim.model import fork, huge_memory, invariants, khugepaged, madvise, memory, mmap, uaccess
+from thpsim.model.design import SplitVmaOrder
 from thpsim.model.engine import make_kernel
 from thpsim.model.folio import content_byte
 from thpsim.model.kernel import MM, Kernel
@@ -200,8 +202,8 @@ def _fault(addr: int, byte: int) -> Step:
 
 
 def _split_vma_steps(k: Kernel, addr: int) -> tuple[Step, ...]:
-    """__split_vma(vma, addr) under mmap_write_lock: v3 02/24's order (PMD split, then vma_start_write) for the
-    designs whose split can fail, upstream's (vma_start_write, then the PMD split) otherwise."""
+    """__split_vma(vma, addr) under mmap_write_lock, in the design's order (``split_vma_order``): v3 02/24's (PMD
+    split, then vma_start_write) or upstream's (vma_start_write, then the PMD split)."""
     def adjust(st: RaceState, me: int) -> None:
         v = st.mm.vmas.find(addr)
         assert v is not None
@@ -216,7 +218,7 @@ def _split_vma_steps(k: Kernel, addr: int) -> tuple[Step, ...]:
         st.mm.vmas.split_at(v, addr)
 
     pmd = Step("vma_adjust_trans_huge", adjust)
-    if k.design.split_can_fail:                                    # v3 02/24
+    if k.design.split_vma_order is SplitVmaOrder.SPLIT_THEN_LOCK:     # v3 02/24
         return (mmap_write_lock(), pmd, vma_start_write(addr), Step("vma_complete (the VMA split)", split),
                 mmap_write_unlock())
     return (mmap_write_lock(), vma_start_write(addr), pmd, Step("vma_complete (the VMA split)", split),

@@ -11,7 +11,7 @@ import sys
 import time
 
 import thpsim.cli.options as O
-from thpsim.cli.common import EXIT_OK, Command, emit_json, out
+from thpsim.cli.common import EXIT_DIFF, EXIT_OK, Command, emit, emit_json, out
 from thpsim.errors import ThpsimError
 
 __all__ = ["COMMANDS", "cmd_lab"]
@@ -19,7 +19,7 @@ __all__ = ["COMMANDS", "cmd_lab"]
 
 def cmd_lab(args: argparse.Namespace) -> int:
     return {"build": _lab_build, "list": _lab_list, "run": _lab_run,
-            "kselftest": _lab_kselftest}[args.lab_command](args)
+            "kselftest": _lab_kselftest, "race": _lab_race}[args.lab_command](args)
 
 
 class _Progress:
@@ -116,6 +116,25 @@ def _lab_kselftest(args: argparse.Namespace) -> int:
     return res.returncode
 
 
+def _lab_race(args: argparse.Namespace) -> int:
+    from thpsim.lab.race import run_race
+
+    r = run_race(args.kernel, rounds=args.rounds, max_delay_us=args.max_delay, timeout=args.timeout)
+
+    def text() -> str:
+        lines = [f"{r.kernel}: {r.rounds_done if r.rounds_done is not None else '?'} of {r.rounds} rounds, "
+                 f"{r.hits} hit(s)" + (f" (first in round {r.first_hit_round})" if r.first_hit_round else "")
+                 + (f"; THP fault first {r.faults_before}, after the split {r.faults_after}"
+                    if r.faults_before is not None else "")]
+        if r.oops:
+            lines += ["the kernel died:", *(f"  {x}" for x in r.oops)]
+        lines.append("RACE: a huge PMD straddled the new VMA boundary" if r.raced else
+                     "no round raced")
+        return "\n".join(lines)
+    emit(args, r, text)
+    return EXIT_DIFF if r.raced else EXIT_OK
+
+
 def _setup_lab(p: argparse.ArgumentParser) -> None:
     lab = p.add_subparsers(dest="lab_command", required=True)
     lb = lab.add_parser("build", help="fetch, patch, configure and build a guest kernel (cached)")
@@ -132,6 +151,14 @@ def _setup_lab(p: argparse.ArgumentParser) -> None:
                         "inside KERNEL's guest (TAP 13)")
     O.LAB_KERNEL.with_(help="a built lab kernel with the series (lazy-v3-7.3)").add(lk)
     O.add_guest_opts(lk)
+    lc = lab.add_parser("race", help="the v3 02/24 __split_vma race on a real kernel: a per-VMA-lock THP fault "
+                        "against madvise's VMA split, 2 vCPUs (exit 1 when a round raced)")
+    O.LAB_KERNEL_OR_HOST.add(lc)
+    lc.add_argument("--rounds", type=int, default=300, help="rounds (default %(default)s)")
+    lc.add_argument("--max-delay", type=int, default=40, metavar="US",
+                    help="the split starts 0..US microseconds after the fault (default %(default)s)")
+    lc.add_argument("--timeout", type=float, default=600, help="seconds (default %(default)s)")
+    O.JSON.add(lc)
     lr = lab.add_parser("run", help="boot a guest kernel and run a thpsim command inside it",
                         description="boot KERNEL under QEMU (host / read-only over 9p, scratch in guest RAM) and "
                         "run CMD there, e.g. thpsim lab run lazy-v3-7.3 -- thpsim probe")

@@ -13,7 +13,9 @@ and return success; variants: zero in place, ENOMEM from every zap, or MADV_DONT
 retry the same PMD; variant: split up front before changing anything, failing with ENOMEM); ``rmap_tables`` —
 where try_to_unmap/try_to_migrate get the split table (series v3: one pte_alloc_one per rmap_one call; variant:
 a reserved pool with mempool semantics — the page allocator first, the pool when it fails, refilled by the
-next page tables freed; a thpsim what-if that no reviewer proposed). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
+next page tables freed; a thpsim what-if that no reviewer proposed). ``split_vma_order`` — whether ``__split_vma`` write-locks the VMA before or after splitting the PMD its new boundary
+cuts (upstream: before; v3 02/24: after, which ``thpsim races`` shows lets a per-VMA-lock fault map a THP across
+the boundary; ``lazy-vma-lock-first`` is the fix). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
 everything: the design then deposits and never fails a split, as series patch 17 does.
 
 Left out: designs that deposit lazily per PMD table or pre-allocate per VMA (not proposed in the thread).
@@ -28,8 +30,8 @@ from typing import TypeVar
 from thpsim.errors import ThpsimError
 from thpsim.model.arch import Arch
 
-__all__ = ["DESIGNS", "VARIANTS", "ChangeProtSplitFailure", "Design", "RmapTables", "ZapSplitFailure",
-           "get_design"]
+__all__ = ["DESIGNS", "VARIANTS", "ChangeProtSplitFailure", "Design", "RmapTables", "SplitVmaOrder",
+           "ZapSplitFailure", "get_design"]
 
 
 class ZapSplitFailure(StrEnum):
@@ -47,6 +49,13 @@ class ChangeProtSplitFailure(StrEnum):
 
     RETRY = "retry"        # series v3: cond_resched(), goto again (same PMD, no bound)
     UPFRONT = "upfront"    # split the partial PMDs first, ENOMEM before changing anything
+
+
+class SplitVmaOrder(StrEnum):
+    """Where __split_vma / vma_shrink split a huge PMD the new boundary cuts, relative to vma_start_write()."""
+
+    LOCK_THEN_SPLIT = "lock_then_split"    # upstream (and the fix): write-lock the VMA first, no fault can race
+    SPLIT_THEN_LOCK = "split_then_lock"    # series v3 02/24: vma_adjust_trans_huge at the top, before the lock
 
 
 class RmapTables(StrEnum):
@@ -76,6 +85,7 @@ class Design:
     change_prot_split_failure: ChangeProtSplitFailure = ChangeProtSplitFailure.RETRY
     rmap_tables: RmapTables = RmapTables.PREALLOC
     reserve_pool_size: int = 0
+    split_vma_order: SplitVmaOrder | None = None     # None: v3 02's order when the split can fail, else upstream's
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -85,6 +95,9 @@ class Design:
         for fld, cls in (("zap_split_failure", ZapSplitFailure),
                          ("change_prot_split_failure", ChangeProtSplitFailure), ("rmap_tables", RmapTables)):
             object.__setattr__(self, fld, _enum(cls, getattr(self, fld), fld, self.name))
+        order = (SplitVmaOrder.LOCK_THEN_SPLIT if self.deposit else SplitVmaOrder.SPLIT_THEN_LOCK) \
+            if self.split_vma_order is None else _enum(SplitVmaOrder, self.split_vma_order, "split_vma_order", self.name)
+        object.__setattr__(self, "split_vma_order", order)
         if isinstance(self.reserve_pool_size, bool) or not isinstance(self.reserve_pool_size, int) \
                 or self.reserve_pool_size < 0:
             raise ThpsimError(f"design {self.name!r}: reserve_pool_size must be an integer >= 0, "
@@ -127,6 +140,10 @@ DESIGNS: dict[str, Design] = {
         Design("lazy-mprotect-upfront", False, change_prot_split_failure=ChangeProtSplitFailure.UPFRONT,
                description="lazy, but change_protection splits the partial PMDs up front and fails with ENOMEM "
                            "before changing anything (Kiryl's suggestion)"),
+        Design("lazy-vma-lock-first", False, split_vma_order=SplitVmaOrder.LOCK_THEN_SPLIT,
+               description="thpsim's fix for the race `thpsim races` found: lazy, but __split_vma and vma_shrink "
+                           "write-lock the VMA before vma_adjust_trans_huge (v3 02/24 splits first), so no "
+                           "per-VMA-lock fault can map a THP across the new boundary"),
         Design("lazy-reclaim-pool", False, rmap_tables=RmapTables.RESERVE_POOL, reserve_pool_size=64,
                description="thpsim what-if (not proposed in the thread): lazy, but reclaim's split tables come "
                            "from a 64-table mempool when the allocator (without PF_MEMALLOC reserves) fails; "
