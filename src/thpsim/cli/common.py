@@ -16,7 +16,7 @@ from typing import Any
 
 from thpsim.errors import ThpsimError
 
-__all__ = ["EXIT_OK", "EXIT_DIFF", "EXIT_USAGE", "Command", "out", "emit_json", "load_trace", "write_text",
+__all__ = ["EXIT_OK", "EXIT_DIFF", "EXIT_USAGE", "Command", "out", "emit_json", "load_trace", "write_bytes", "write_text",
            "format_steps", "report_expectations", "comma_list"]
 
 EXIT_OK, EXIT_DIFF, EXIT_USAGE = 0, 1, 2
@@ -74,6 +74,15 @@ def write_text(path: str, text: str) -> None:
     try:
         with open(path, "w", encoding="utf-8") as f:
             f.write(text)
+    except OSError as e:
+        raise ThpsimError(f"cannot write {path}: {e.strerror}") from None
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path``; an unwritable path is a one-line error."""
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
     except OSError as e:
         raise ThpsimError(f"cannot write {path}: {e.strerror}") from None
 

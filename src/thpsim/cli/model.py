@@ -19,6 +19,7 @@ from thpsim.cli.common import (
     load_trace,
     out,
     report_expectations,
+    write_bytes,
 )
 from thpsim.errors import ThpsimError
 
@@ -110,8 +111,36 @@ def _setup_campaign(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", action="store_true", help="restore a snapshot instead of replaying the prefix")
 
 
+def _ints(value: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in value.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {value!r}") from None
+    if not out or min(out) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {value!r}")
+    return out
+
+
+def _review_hugh(args: argparse.Namespace) -> int:
+    from thpsim.analysis import hugh
+
+    if min(args.ns) < 1:
+        raise ThpsimError("--ns: every N must be at least 1 (the parent alone)")
+    cells = hugh.hugh_sweep(args.designs or hugh.DEFAULT_DESIGNS, args.ns, args.reserves_list, args.headroom)
+    if args.plot:
+        from thpsim.analysis.plots import render
+
+        fmt = "svg" if str(args.plot).endswith(".svg") else "png"
+        write_bytes(str(args.plot), render(hugh.sweep_figure(cells), fmt))
+    emit(args, cells, lambda: hugh.format_sweep(cells))
+    return EXIT_OK
+
+
 def cmd_review(args: argparse.Namespace) -> int:
     from thpsim.analysis.review import format_review, review_table
+
+    if args.what == "hugh":
+        return _review_hugh(args)
 
     kw: dict[str, Any] = {"n": args.n}
     if args.reserves is not None:
@@ -127,7 +156,19 @@ def cmd_review(args: argparse.Namespace) -> int:
 
 
 def _setup_review(p: argparse.ArgumentParser) -> None:
+    from thpsim.analysis import hugh
+
+    p.add_argument("what", nargs="?", choices=("table", "hugh"), default="table",
+                   help="table: the review's open problems (default); hugh: the sweep of Hugh's reclaim case")
     p.add_argument("--n", type=int, default=1000, help="processes sharing the THP in Hugh's reclaim case")
+    p.add_argument("--ns", type=_ints, default=hugh.DEFAULT_NS, metavar="N1,N2,...",
+                   help="hugh: processes mapping the THP (default %(default)s)")
+    p.add_argument("--reserves-list", type=_ints, default=hugh.DEFAULT_RESERVES, metavar="R1,R2,...",
+                   help="hugh: PF_MEMALLOC reserve pages (default %(default)s)")
+    p.add_argument("--headroom", type=_ints, default=hugh.DEFAULT_HEADROOM, metavar="F1,F2,...",
+                   help="hugh: free pages when reclaim starts (default %(default)s)")
+    O.DESIGNS_OPT.with_(help="hugh: designs (default upstream,lazy,lazy-reclaim-pool)").add(p)
+    p.add_argument("--plot", type=Path, metavar="FILE", help="hugh: write the heat maps (.png or .svg)")
     # not fault injection's --reserves (a size beyond the budget): a page count for review's reclaim case
     p.add_argument("--reserves", type=int, help="PF_MEMALLOC reserve pages (default: n/2)")
     p.add_argument("--tree", type=Path, help="a kernel tree with the series applied, for the must-check row "

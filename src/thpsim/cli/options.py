@@ -113,8 +113,19 @@ _INJECT = (FAIL_NTH, FAIL_SITE, FAIL_PROB, FAIL_INTERVAL, FAIL_TIMES, FAIL_PERSI
 # ---- live / lab ---------------------------------------------------------------------------------------------------
 LAB_KERNEL = Option(("kernel",), {"type": _one_of("lab kernel", _LAB), "choices": _LAB, "metavar": "KERNEL",
                                   "help": "a named lab kernel: %(choices)s"})
-LAB_KERNEL_OR_HOST = LAB_KERNEL.with_(type=_one_of("lab kernel", (HOST, *_LAB)), choices=(HOST, *_LAB),
-                                      help="a built lab kernel (%(choices)s; host: run here)")
+def _lab_kernel_or_build(value: str) -> str:
+    """A named lab kernel, host, or the name of a build cached with ``lab build --name``."""
+    from thpsim.lab.build import find_built
+
+    if value in (HOST, *_LAB) or find_built(value) is not None:
+        return value
+    raise argparse.ArgumentTypeError(f"unknown lab kernel {value!r}; choose one of: {', '.join((HOST, *_LAB))} "
+                                     "or a build cached with `thpsim lab build ... --name NAME`")
+
+
+LAB_KERNEL_OR_HOST = Option(("kernel",), {
+    "type": _lab_kernel_or_build, "metavar": "KERNEL",
+    "help": f"a built lab kernel ({', '.join((HOST, *_LAB))}, or a `lab build --name` build; host: run here)"})
 KERNEL = Option(("--kernel",), {"type": _one_of("lab kernel", (HOST, *_LAB)), "choices": (HOST, *_LAB),
                                 "metavar": "KERNEL",
                                 "help": "run inside this lab guest (%(choices)s) instead of on this kernel"})

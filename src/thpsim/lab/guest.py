@@ -34,7 +34,7 @@ from typing import BinaryIO
 from thpsim.errors import ThpsimError
 from thpsim.lab.apt import LabStepError
 from thpsim.lab.build import BuiltKernel, cache_root, find_built, fresh_initramfs
-from thpsim.lab.kernels import HOST, get_kernel
+from thpsim.lab.kernels import HOST, KERNELS, KernelSpec, get_kernel
 from thpsim.live.khugepaged import GUEST_SCAN_SLEEP_MS
 
 __all__ = ["GuestConfig", "GuestResult", "run_in_guest", "guest_unavailable", "guest_argv", "qemu_command", "THP_DIR"]
@@ -227,7 +227,7 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
         except subprocess.TimeoutExpired as e:
             raise ThpsimError(f"the command timed out after {cfg.timeout:.0f} s") from e
         return GuestResult(HOST, p.returncode, "none", 0.0, round(time.monotonic() - t0, 3), None)
-    spec = get_kernel(kernel)
+    spec = lab_spec(kernel)
     argv = guest_argv(argv, _guest_python(spec.arch))
     why = guest_unavailable(kernel)
     bk = find_built(kernel)
@@ -237,9 +237,21 @@ def run_in_guest(kernel: str, argv: list[str], cfg: GuestConfig, *, stdout: Bina
     return _boot(bk, argv, cfg, _accel(cfg, bk), stdout, stderr)
 
 
+def lab_spec(kernel: str) -> KernelSpec:
+    """A named lab kernel, or a build cached under its own name (``thpsim lab build K --series S --name N``):
+    its arch and kind come from the build."""
+    if kernel in KERNELS:
+        return KERNELS[kernel]
+    bk = find_built(kernel)
+    if bk is None:
+        return get_kernel(kernel)            # the one-line "unknown lab kernel" error
+    return KernelSpec(bk.name, bk.version, bk.kind, "", "", bk.arch, bk.series,
+                      f"a lab build named {bk.name} (series {bk.series})")
+
+
 def guest_unavailable(kernel: str) -> str | None:
     """Why ``kernel``'s guest cannot boot here (not built, or its QEMU missing), with the fix; None if it can."""
-    spec = get_kernel(kernel)
+    spec = lab_spec(kernel)
     if find_built(kernel) is None:
         return (f"lab kernel {kernel} is not built here: run `thpsim lab build {kernel}` first "
                 f"({'about 20 min on 2 cores' if spec.kind == 'source' else 'a download'})")
