@@ -28,6 +28,8 @@ huge zero page as a UFFDIO_MOVE source, EBUSY for pinned folios, mmap_changing (
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from thpsim.model import huge_memory, mprotect, rmap
 from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
@@ -130,9 +132,11 @@ def _vmas_in(mm: MM, start: int, end: int) -> list[Vma]:
     return list(mm.vmas.overlapping(start, end))
 
 
-def userfaultfd_register(k: Kernel, mm: MM, start: int, length: int) -> int:
-    """UFFDIO_REGISTER (mode WP): 0, -EINVAL (bad range, no VMA, a VMA that cannot be registered) or the
-    -ENOMEM of a VMA split (lazy)."""
+def _for_each_vma_range(k: Kernel, mm: MM, start: int, length: int,
+                        visit: Callable[[Vma, int, int], int]) -> int:
+    """The ioctl's range loop (userfaultfd_register_range, userfaultfd_unregister): validate the range (-EINVAL;
+    no VMA at all is -EINVAL too), then visit each VMA piece in [start, end) — holes are skipped, and the VMAs
+    may change under the loop (splits, merges). The first error stops it."""
     rc = _validate_range(k, start, length)
     if rc:
         return rc
@@ -140,16 +144,22 @@ def userfaultfd_register(k: Kernel, mm: MM, start: int, length: int) -> int:
     if not _vmas_in(mm, start, end):
         return EINVAL
     pos = start
-    while True:       # userfaultfd_register_range: the VMAs change under the loop (splits, merges)
+    while True:
         v = next(iter(mm.vmas.overlapping(pos, end)), None)
         if v is None:
             return 0
         lo, hi = max(v.start, pos), min(v.end, end)
-        if not v.flags & VM_UFFD_WP:
-            rc = vma_modify_flags(k, mm, v, lo, hi, v.flags | VM_UFFD_WP)
-            if rc:
-                return rc
+        rc = visit(v, lo, hi)
+        if rc:
+            return rc
         pos = hi
+
+
+def userfaultfd_register(k: Kernel, mm: MM, start: int, length: int) -> int:
+    """UFFDIO_REGISTER (mode WP): 0, -EINVAL (bad range, no VMA) or the -ENOMEM of a VMA split (lazy)."""
+    def register(v: Vma, lo: int, hi: int) -> int:
+        return 0 if v.flags & VM_UFFD_WP else vma_modify_flags(k, mm, v, lo, hi, v.flags | VM_UFFD_WP)
+    return _for_each_vma_range(k, mm, start, length, register)
 
 
 def mwriteprotect_range(k: Kernel, mm: MM, start: int, length: int) -> int:
@@ -175,22 +185,10 @@ def userfaultfd_unregister(k: Kernel, mm: MM, start: int, length: int) -> int:
     """UFFDIO_UNREGISTER: per registered VMA, resolve the protection of the range (a partial huge PMD is split
     here, before any VMA split: the v3 07/24 retry, LIVELOCK under persistent failure), then clear VM_UFFD_WP
     (a VMA split: -ENOMEM under lazy). Unregistered VMAs are skipped; no VMA at all is -EINVAL."""
-    rc = _validate_range(k, start, length)
-    if rc:
-        return rc
-    end = start + length
-    if not _vmas_in(mm, start, end):
-        return EINVAL
-    pos = start
-    while True:
-        v = next(iter(mm.vmas.overlapping(pos, end)), None)
-        if v is None:
+    def unregister(v: Vma, lo: int, hi: int) -> int:
+        if not v.flags & VM_UFFD_WP:
             return 0
-        lo, hi = max(v.start, pos), min(v.end, end)
-        if v.flags & VM_UFFD_WP:
-            # userfaultfd_clear_vma: change_protection's result is not looked at
-            mprotect.uffd_wp_range(k, mm, v, lo, hi, enable_wp=False)
-            rc = vma_modify_flags(k, mm, v, lo, hi, v.flags & ~VM_UFFD_WP)
-            if rc:
-                return rc
-        pos = hi
+        # userfaultfd_clear_vma: change_protection's result is not looked at
+        mprotect.uffd_wp_range(k, mm, v, lo, hi, enable_wp=False)
+        return vma_modify_flags(k, mm, v, lo, hi, v.flags & ~VM_UFFD_WP)
+    return _for_each_vma_range(k, mm, start, length, unregister)
