@@ -80,3 +80,4 @@ _uffd_register  # live/_child.py and model/engine.py: registered by @_live / @_o
 _uffd_wp  # live/_child.py: registered by @_live into CHILD_OPS
 _uffd_unregister  # live/_child.py: registered by @_live into CHILD_OPS
 _.final_states  # analysis/races.py RaceResult field: in --json output and tests
+_.free_clusters  # model/swapfile.py SwapSpace: what /proc/swaps would show; read by tests/model/test_swapfile.py

@@ -15,7 +15,7 @@ Left out: UFFD_FEATURE_EVENT_FORK, KSM, device-private entries, PMD migration en
 
 from __future__ import annotations
 
-from thpsim.model import rmap
+from thpsim.model import rmap, swapfile
 from thpsim.model.errnos import ENOMEM
 from thpsim.model.exit import exit_mmap
 from thpsim.model.huge_memory import copy_huge_pmd
@@ -101,6 +101,7 @@ def copy_pte_range(k: Kernel, dst: MM, src: MM, vma: Vma, table: PteTable, start
         elif pte.kind == PTE_SWAP:
             dtable.ptes[i] = Pte(PTE_SWAP, pte.folio)
             dst.swap_ents += 1
+            swapfile.swap_duplicate(k.swap, pte.folio)
         elif pte.kind == PTE_PAGE:
             f = pte.folio
             assert f is not None

@@ -10,6 +10,7 @@
 5. Every huge PMD lies in one VMA covering its whole range; every PTE lies inside a VMA.
 6. NR_PAGETABLE = every table of every mm (+ the reserve pool); the allocator's pages = tables + folio pages.
 7. A process that exited has nothing left (check_mm).
+8. With swap: the swap slots' reference counts add up to the swap PTEs of every process (swap_map).
 
 They mirror the kernel's own checks: check_mm() (kernel/fork.c: "non-zero pgtables_bytes", "Bad rss-counter
 state"), the VM_BUG_ONs of pgtable_trans_huge_withdraw and free_pmd_range, and the mapcount arithmetic of
@@ -66,6 +67,10 @@ def check(k: Kernel) -> list[str]:
     tables += (k.reserve_pool if k.design.pool_tables else 0) * k.arch.pagetable_page_bytes
     if tables != k.vmstat.nr_pagetable_bytes:
         errs.append(f"NR_PAGETABLE {k.vmstat.nr_pagetable_bytes} B but the page tables add up to {tables} B")
+    if k.swap is not None:
+        entries = sum(mm.swap_ents for mm in k.procs.values() if mm.alive)
+        if k.swap.references() != entries:
+            errs.append(f"swap_map: {k.swap.references()} slot references but {entries} swap PTEs")
     return errs
 
 

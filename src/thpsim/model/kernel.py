@@ -20,6 +20,7 @@ from thpsim.model.folio import Folio
 from thpsim.model.knobs import Knobs
 from thpsim.model.page_alloc import FailPolicy, PageAllocator
 from thpsim.model.pgtable import PageTables
+from thpsim.model.swapfile import SwapSpace
 from thpsim.model.vma import VmaTree
 from thpsim.model.vmstat import VmStat
 from thpsim.trace.format import ARENA_BASE
@@ -94,6 +95,7 @@ class Kernel:
         self.pmd_size = arch.pmd_size
         self.page = arch.page_size
         self.nr = arch.hpage_pmd_nr
+        self.swap = SwapSpace(nr, knobs.swap_clusters, knobs.swap_fragmented) if knobs.swap else None
 
     # ---- processes -------------------------------------------------------------------------------------------
     def new_mm(self, name: str) -> MM:

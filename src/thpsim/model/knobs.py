@@ -2,7 +2,7 @@
 
 Models /sys/kernel/mm/transparent_hugepage/{enabled,defrag,use_zero_page,khugepaged/max_ptes_*} and the
 config options CONFIG_PT_RECLAIM, CONFIG_PERSISTENT_HUGE_ZERO_FOLIO, CONFIG_THP_SWAP, CONFIG_PGTABLE_LEVELS,
-CONFIG_NO_PAGE_MAPCOUNT, plus whether swap is present. The live runner fills it from sysfs and
+CONFIG_NO_PAGE_MAPCOUNT, plus whether swap is present and how big and fragmented the swap device is. The live runner fills it from sysfs and
 /proc/config.gz (thpsim.live.env) so the model matches the running kernel (6.12 behaviour where the knobs below say so, 6.18 / 7.3.4 by default).
 Left out: shmem_enabled and the per-size mTHP ``hugepages-*kB/enabled`` knobs (only PMD order is modelled),
 khugepaged's scan timing (pages_to_scan, scan_sleep_millisecs), and two knobs kept for the trace format and
@@ -35,6 +35,10 @@ class Knobs:
     max_ptes_shared: int | None = None
     swap: bool = False
     thp_swap: bool = True
+    # the swap device (model/swapfile.py): clusters of HPAGE_PMD_NR slots (None: room for everything), and how
+    # many of them start with one slot in use (a fragmented device: no whole cluster for a THP there)
+    swap_clusters: int | None = None
+    swap_fragmented: int = 0
     pgtable_levels: int = 4
     persistent_huge_zero: bool = False
     huge_zero_allocated: bool = False   # is the global huge zero folio already allocated at trace start?
@@ -57,6 +61,13 @@ class Knobs:
             v = getattr(self, name)
             if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):   # (Kernel: HPAGE_PMD_NR - 1)
                 raise ThpsimError(f"{name} must be a number of PTEs, 0 or more (got {v!r})")
+        for name in ("swap_clusters", "swap_fragmented"):
+            v = getattr(self, name)
+            if (v is not None or name == "swap_fragmented") and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                raise ThpsimError(f"{name} must be a number of swap clusters, 0 or more (got {v!r})")
+        if self.swap_clusters is not None and self.swap_fragmented > self.swap_clusters:
+            raise ThpsimError(f"swap_fragmented ({self.swap_fragmented}) cannot exceed swap_clusters "
+                              f"({self.swap_clusters})")
         if self.pgtable_levels not in (4, 5):
             raise ThpsimError(f"pgtable_levels must be 4 or 5 (got {self.pgtable_levels})")
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from thpsim.errors import LivelockDetected
-from thpsim.model import gup, huge_memory, khugepaged, memory, pagewalk, rmap, vmscan
+from thpsim.model import gup, huge_memory, khugepaged, memory, pagewalk, rmap, swapfile, vmscan
 from thpsim.model.design import ZapSplitFailure
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
@@ -136,6 +136,7 @@ def _free_ptes(k: Kernel, mm: MM, table: PteTable, start: int, end: int) -> None
         if pte.kind == PTE_SWAP:
             del table.ptes[i]
             mm.swap_ents -= 1
+            swapfile.free_swap_and_cache(k.swap, pte.folio)
             i += 1
             continue
         if pte.kind != PTE_PAGE or pte.folio is None:

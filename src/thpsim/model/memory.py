@@ -12,7 +12,7 @@ Left out: mTHP orders (only PMD order and order 0), file faults, fault-around, N
 
 from __future__ import annotations
 
-from thpsim.model import huge_memory, rmap
+from thpsim.model import huge_memory, rmap, swapfile
 from thpsim.model.contpte import contpte_unfold_partial
 from thpsim.model.design import ZapSplitFailure
 from thpsim.model.folio import ZERO, Content, Folio
@@ -104,6 +104,7 @@ def do_swap_page(k: Kernel, mm: MM, vma: Vma, addr: int, pte: Pte) -> int:
     f.default = old.default if old is not None else ZERO
     pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_PAGE, f, 0, vma.writable, False
     mm.swap_ents -= 1
+    swapfile.free_swap_and_cache(k.swap, old)
     rmap.folio_add_new_anon_rmap(k, mm, f, pmd=False, vma=vma, addr=addr)
     return VM_FAULT_OK
 
@@ -231,6 +232,7 @@ def zap_pte_range(k: Kernel, mm: MM, table: PteTable, start: int, end: int, *, r
             last_idx, last_folded = pte.idx, folded
         elif pte.kind == PTE_SWAP:
             mm.swap_ents -= 1
+            swapfile.free_swap_and_cache(k.swap, pte.folio)
     flush()
     contpte_unfold_partial(table, first, first + n, cont)
     if (reclaim_pt and k.knobs.pt_reclaim and end - start >= k.pmd_size and not any_skipped and not ptes):

@@ -4,7 +4,8 @@
 Without swap, anonymous folios cannot be swapped: a THP is split (``thp_swpout_fallback``) and its pages kept;
 clean lazyfree folios are discarded (a PMD-mapped one without a split, freeing its deposit).
 Follows Linux 6.18 / 7.3.4 and series v3 (17/24: prealloc_pte in try_to_unmap_one).
-Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writeback.
+Swap slots come from :mod:`thpsim.model.swapfile` (a THP needs a whole free cluster, else it is split first:
+``thp_swpout_fallback``). Left out: LRU ordering, referenced/young heuristics, swap cache, zswap, writeback.
 """
 
 from __future__ import annotations
@@ -45,12 +46,22 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
         return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=False)
     if not k.knobs.swap:
         return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=True) if f.large else Reclaimed.ACTIVATED
+    swap = k.swap
+    assert swap is not None
     if f.large and not k.knobs.thp_swap:
         return _split_and_swap(k, f, memalloc=memalloc, caller=caller)
+    # folio_alloc_swap(): a whole free cluster for a THP; none (a full or fragmented device) → split_folio_to_list,
+    # thp_swpout_fallback, and the pages are swapped one by one; no slot for an order-0 folio → activate
+    base = swap.alloc(f.order)
+    if base is None:
+        return _split_and_swap(k, f, memalloc=memalloc, caller=caller) if f.large else Reclaimed.ACTIVATED
     # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
-    if not rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc,
-                             per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma)):
+    unmapped = rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc,
+                                 per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma, base))
+    for s in range(base, base + f.nr):
+        swap.free(s)     # the swap cache's reference (the model has no swap cache: the entries keep theirs)
+    if not unmapped:
         return Reclaimed.ACTIVATED   # folio_mapped() after try_to_unmap: activate_locked (VMAs visited before stay swapped)
     if f.large:
         k.vmstat.count("thp_swpout")
@@ -90,12 +101,17 @@ def _split_and_swap(k: Kernel, f: Folio, *, memalloc: bool, caller: str) -> Recl
     return Reclaimed.SPLIT_SWAPPED
 
 
-def _swap_out_vma(k: Kernel, f: Folio, mm: MM, vma: Vma) -> None:
-    """try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry."""
+def _swap_out_vma(k: Kernel, f: Folio, mm: MM, vma: Vma, base: int) -> None:
+    """try_to_unmap_one, after the split: every PTE of this VMA mapping f becomes a swap entry for slot
+    base + page index (``swap_duplicate``). The entry's folio is a stand-in holding the page's content, its
+    ``index`` the slot."""
     idxs = []
+    assert k.swap is not None
     for _addr, pte in rmap.vma_ptes_of(mm, vma, f):
         swapped = Folio(0, 0, 1)
         swapped.default = f.content(pte.idx)
+        swapped.index = base + pte.idx
+        k.swap.dup(swapped.index)
         idxs.append(pte.idx)
         pte.kind, pte.folio, pte.idx, pte.write, pte.dirty = PTE_SWAP, swapped, 0, False, False
         mm.swap_ents += 1
