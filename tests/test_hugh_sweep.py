@@ -15,7 +15,8 @@ from thpsim.analysis import hugh
 from thpsim.analysis.plots import render
 from thpsim.cli import main
 
-GRID = dict(designs=("upstream", "lazy", "lazy-reclaim-pool"), ns=(1, 8), reserves=(0, 4, 16), headroom=(0, 32))
+GRID = dict(designs=("upstream", "lazy", "lazy-reclaim-pool", "lazy-pmd-swap"), ns=(1, 8), reserves=(0, 4, 16),
+            headroom=(0, 32), fragmentation=(0.0, 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -23,13 +24,14 @@ def cells() -> list[hugh.HughCell]:
     return hugh.hugh_sweep(**GRID)  # type: ignore[arg-type]
 
 
-def _cell(cells: list[hugh.HughCell], design: str, n: int, r: int, h: int = 0) -> hugh.HughCell:
-    return next(c for c in cells if (c.design, c.n, c.reserve_pages, c.headroom_pages) == (design, n, r, h))
+def _cell(cells: list[hugh.HughCell], design: str, n: int, r: int, h: int = 0, frag: float = 0.0) -> hugh.HughCell:
+    return next(c for c in cells if (c.design, c.n, c.reserve_pages, c.headroom_pages, c.fragmentation)
+                == (design, n, r, h, frag))
 
 
 def test_upstream_always_swaps_without_a_table(cells: list[hugh.HughCell]) -> None:
     up = [c for c in cells if c.design == "upstream"]
-    assert len(up) == 2 * 3 * 2
+    assert len(up) == 2 * 3 * 2 * 2
     assert all(c.swapped and c.table_allocs == 0 and c.pages_freed == 512 and c.reserve_used == 0 for c in up)
 
 
@@ -48,22 +50,38 @@ def test_lazy_needs_one_table_per_mapping_from_the_reserves(cells: list[hugh.Hug
     assert c.swapped and c.reserve_used == 0 and c.pages_freed == 512 - 8
 
 
+def test_pmd_swap_needs_no_table_unless_the_swap_is_fragmented(cells: list[hugh.HughCell]) -> None:
+    """lazy-pmd-swap: with a whole free swap cluster every mapping becomes a PMD swap entry (no table, even with
+    no free page and no reserve); on a fragmented device the folio is split first and it is lazy again."""
+    assert all(c.swapped and c.table_allocs == 0 and c.pages_freed == 512
+               for c in cells if c.design == "lazy-pmd-swap" and c.fragmentation == 0.0)
+    frag = {(c.n, c.reserve_pages, c.headroom_pages): (c.swapped, c.failed_at, c.pages_freed)
+            for c in cells if c.design == "lazy-pmd-swap" and c.fragmentation == 1.0}
+    lazy = {(c.n, c.reserve_pages, c.headroom_pages): (c.swapped, c.failed_at, c.pages_freed)
+            for c in cells if c.design == "lazy" and c.fragmentation == 1.0}
+    assert frag == lazy and frag[(8, 4, 0)] == (False, 5, -4)
+
+
 def test_the_pool_covers_small_n_without_reserves(cells: list[hugh.HughCell]) -> None:
     c = _cell(cells, "lazy-reclaim-pool", 8, 0)
     assert c.swapped and c.reserve_used == 0
 
 
+def test_the_pool_gives_the_same_cells_as_one_process(cells: list[hugh.HughCell]) -> None:
+    assert hugh.hugh_sweep(**GRID, workers=1) == cells  # type: ignore[arg-type]
+
+
 def test_every_cell_keeps_the_invariants_and_renders(cells: list[hugh.HughCell]) -> None:
     assert all(c.invariant_violations == 0 for c in cells)
     text = hugh.format_sweep(cells)
-    assert "no table @5 4 -4" in text and text.count("reserves 16") == 6
+    assert "no table @5 4 -4" in text and text.count("reserves 16") == 4 * 2 * 2
     assert render(hugh.sweep_figure(cells), "svg").startswith(b"<?xml")
 
 
 def test_cli_json_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # noqa: ANN001
     plot = tmp_path / "h.png"
     assert main(["review", "hugh", "--ns", "1,2", "--reserves-list", "0,4", "--headroom", "0",
-                 "--designs", "lazy", "--json", "--plot", str(plot)]) == 0
+                 "--fragmentation", "0", "--designs", "lazy", "--json", "--plot", str(plot)]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [(r["n"], r["reserve_pages"], r["swapped"]) for r in rows] == [(1, 0, False), (1, 4, True),
                                                                           (2, 0, False), (2, 4, True)]

@@ -7,7 +7,8 @@ design may report documented data-contract violations (e.g. the v3 zap skip afte
 invariants are asserted. Ops: mmap in a few slots (two of them in another 1 GiB region), MADV_HUGEPAGE, writes and
 reads (strided or filled), partial/whole munmap, mprotect, mlock/munlock, madvise DONTNEED/FREE/COLD/PAGEOUT/
 COLLAPSE, mremap (grow, shrink, move), fork of any live process, exit of a child, khugepaged, the deferred-split
-shrinker. At the end every process exits and the whole model must be empty (check_mm).
+shrinker; and for ``lazy-pmd-swap`` (always with swap, on a small device that may be fragmented) kswapd's reclaim of
+a region, so PMD swap entries meet every other op. At the end every process exits and the whole model must be empty (check_mm).
 
 Sizes: ``THPSIM_HYPOTHESIS_EXAMPLES`` (default 25 examples of up to 30 steps per design) keeps CI at about a
 minute on 2 cores.
@@ -38,6 +39,7 @@ SETTINGS = settings(max_examples=EXAMPLES, stateful_step_count=30, deadline=None
 class ModelMachine(RuleBasedStateMachine):
     design = "upstream"
     random_failures = False
+    force_swap = False          # always swap, on a small device that may be fragmented (lazy-pmd-swap)
 
     def __init__(self) -> None:
         super().__init__()
@@ -50,8 +52,12 @@ class ModelMachine(RuleBasedStateMachine):
                 zero=st.booleans(), swap=st.booleans())
     def setup(self, prob: float, seed: int, zero: bool, swap: bool) -> None:
         policy = FailPolicy(probability=prob, seed=seed) if self.random_failures else None
+        extra: tuple[tuple[str, object], ...] = ()
+        if self.force_swap:
+            clusters = (None, 2, 8)[seed % 3]
+            extra = (("swap_clusters", clusters), ("swap_fragmented", 0 if clusters is None else seed % (clusters + 1)))
         k = make_kernel(design=self.design, policy=policy, max_retries=20,
-                        overrides=(("use_zero_page", zero), ("swap", swap)))
+                        overrides=(("use_zero_page", zero), ("swap", swap or self.force_swap), *extra))
         self.sim = Simulator(k, check=True, shadow=True)
 
     # ---- helpers
@@ -90,6 +96,26 @@ class ModelMachine(RuleBasedStateMachine):
     def madvise(self, data: st.DataObject, slot: int, off: int, length: int, advice: str) -> None:
         proc = data.draw(st.sampled_from(self.procs))
         self.do("madvise", proc=proc, start=slot + off, length=length, advice=advice)
+
+    @precondition(lambda self: self.force_swap)
+    @rule(data=st.data(), slot=st.sampled_from(SLOTS), length=st.sampled_from((2 * M, 4 * M, 6 * M)))
+    def reclaim(self, data: st.DataObject, slot: int, length: int) -> None:
+        """kswapd over a region (every folio, shared ones too): swap-out, PMD swap entries, the fallback."""
+        proc = data.draw(st.sampled_from(self.procs))
+        self.do("reclaim", proc=proc, start=slot, length=length)
+
+    @precondition(lambda self: self.force_swap)
+    @rule(slot=st.sampled_from(SLOTS), share=st.booleans())
+    def thp_then_reclaim(self, slot: int, share: bool) -> None:
+        """A fresh THP (shared with a child if ``share``) swapped out at once: PMD swap entries for the other
+        rules to meet."""
+        self.do("mmap", start=slot, length=4 * M, prot="rw", flags=())
+        self.do("madvise", start=slot, length=4 * M, advice="hugepage")
+        self.do("write", start=slot, length=2 * M, stride=4 * K, fill=True, byte=0x5A)
+        if share:
+            self.children += 1
+            self.do("fork", child=f"s{self.children}")
+        self.do("reclaim", start=slot, length=4 * M)
 
     @rule(slot=st.sampled_from(SLOTS), off=OFFS, length=st.one_of(LENS, st.just(8 * M)))
     def munmap(self, slot: int, off: int, length: int) -> None:
@@ -167,6 +193,18 @@ class UpstreamFailingMachine(ModelMachine):
     random_failures = True
 
 
+class PmdSwapMachine(ModelMachine):
+    """lazy-pmd-swap: reclaim installs PMD swap entries; every path that meets one must keep the invariants."""
+    design = "lazy-pmd-swap"
+    force_swap = True
+
+
+class PmdSwapFailingMachine(ModelMachine):
+    design = "lazy-pmd-swap"
+    force_swap = True
+    random_failures = True
+
+
 TestUpstream = UpstreamMachine.TestCase
 TestUpstream.settings = SETTINGS
 TestLazy = LazyMachine.TestCase
@@ -175,3 +213,7 @@ TestLazyFailing = LazyFailingMachine.TestCase
 TestLazyFailing.settings = SETTINGS
 TestUpstreamFailing = UpstreamFailingMachine.TestCase
 TestUpstreamFailing.settings = SETTINGS
+TestPmdSwap = PmdSwapMachine.TestCase
+TestPmdSwap.settings = SETTINGS
+TestPmdSwapFailing = PmdSwapFailingMachine.TestCase
+TestPmdSwapFailing.settings = SETTINGS

@@ -36,7 +36,7 @@ from thpsim.model.engine import make_kernel
 from thpsim.model.folio import content_byte
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.knobs import Knobs
-from thpsim.model.pgtable import HugePmd, PteTable
+from thpsim.model.pgtable import HugePmd, PteTable, SwapPmd
 from thpsim.trace.format import ARENA_BASE
 
 __all__ = ["SCENARIOS", "RaceFinding", "RaceResult", "RaceState", "Scenario", "Step", "explore", "format_races",
@@ -74,6 +74,8 @@ class RaceState:
             for idx, s in sorted(mm.pt.slots.items()):
                 if isinstance(s, HugePmd):
                     h.update(repr((idx, "H", s.folio.id if s.folio else None, s.write)).encode())
+                elif isinstance(s, SwapPmd):
+                    h.update(repr((idx, "S", s.base, s.exclusive)).encode())
                 else:
                     h.update(repr((idx, "T", sorted((i, e.kind, e.folio.id if e.folio else None, e.idx, e.write)
                                                     for i, e in s.ptes.items()))).encode())

@@ -119,7 +119,7 @@ def _lab_kselftest(args: argparse.Namespace) -> int:
 def _lab_race(args: argparse.Namespace) -> int:
     from thpsim.lab.race import run_race
 
-    r = run_race(args.kernel, rounds=args.rounds, max_delay_us=args.max_delay, timeout=args.timeout)
+    r = run_race(args.kernel, O.guest_config(args), rounds=args.rounds, max_delay_us=args.max_delay)
 
     def text() -> str:
         lines = [f"{r.kernel}: {r.rounds_done if r.rounds_done is not None else '?'} of {r.rounds} rounds, "
@@ -157,7 +157,7 @@ def _setup_lab(p: argparse.ArgumentParser) -> None:
     lc.add_argument("--rounds", type=int, default=300, help="rounds (default %(default)s)")
     lc.add_argument("--max-delay", type=int, default=40, metavar="US",
                     help="the split starts 0..US microseconds after the fault (default %(default)s)")
-    lc.add_argument("--timeout", type=float, default=600, help="seconds (default %(default)s)")
+    O.add_guest_opts(lc)
     O.JSON.add(lc)
     lr = lab.add_parser("run", help="boot a guest kernel and run a thpsim command inside it",
                         description="boot KERNEL under QEMU (host / read-only over 9p, scratch in guest RAM) and "

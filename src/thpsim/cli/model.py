@@ -121,12 +121,23 @@ def _ints(value: str) -> tuple[int, ...]:
     return out
 
 
+def _shares(value: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(x) for x in value.split(",") if x)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated shares 0..1, got {value!r}") from None
+    if not out or any(not 0.0 <= x <= 1.0 for x in out):
+        raise argparse.ArgumentTypeError(f"expected comma-separated shares 0..1, got {value!r}")
+    return out
+
+
 def _review_hugh(args: argparse.Namespace) -> int:
     from thpsim.analysis import hugh
 
     if min(args.ns) < 1:
         raise ThpsimError("--ns: every N must be at least 1 (the parent alone)")
-    cells = hugh.hugh_sweep(args.designs or hugh.DEFAULT_DESIGNS, args.ns, args.reserves_list, args.headroom)
+    cells = hugh.hugh_sweep(args.designs or hugh.DEFAULT_DESIGNS, args.ns, args.reserves_list, args.headroom,
+                            args.fragmentation, workers=args.workers)
     if args.plot:
         from thpsim.analysis.plots import render
 
@@ -167,8 +178,11 @@ def _setup_review(p: argparse.ArgumentParser) -> None:
                    help="hugh: PF_MEMALLOC reserve pages (default %(default)s)")
     p.add_argument("--headroom", type=_ints, default=hugh.DEFAULT_HEADROOM, metavar="F1,F2,...",
                    help="hugh: free pages when reclaim starts (default %(default)s)")
-    O.DESIGNS_OPT.with_(help="hugh: designs (default upstream,lazy,lazy-reclaim-pool)").add(p)
+    p.add_argument("--fragmentation", type=_shares, default=hugh.DEFAULT_FRAGMENTATION, metavar="F1,F2,...",
+                   help="hugh: share of swap clusters with a slot in use, 0..1 (default %(default)s)")
+    O.DESIGNS_OPT.with_(help="hugh: designs (default upstream,lazy,lazy-reclaim-pool,lazy-pmd-swap)").add(p)
     p.add_argument("--plot", type=Path, metavar="FILE", help="hugh: write the heat maps (.png or .svg)")
+    O.WORKERS.add(p)
     # not fault injection's --reserves (a size beyond the budget): a page count for review's reclaim case
     p.add_argument("--reserves", type=int, help="PF_MEMALLOC reserve pages (default: n/2)")
     p.add_argument("--tree", type=Path, help="a kernel tree with the series applied, for the must-check row "

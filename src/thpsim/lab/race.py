@@ -83,12 +83,13 @@ def parse_race_output(kernel: str, rounds: int, out: str, console: str, returnco
                    oops, returncode)
 
 
-def run_race(kernel: str, *, rounds: int = 300, max_delay_us: int = 40, timeout: float = 600) -> RaceRun:
+def run_race(kernel: str, cfg: GuestConfig | None = None, *, rounds: int = 300, max_delay_us: int = 40) -> RaceRun:
+    """``cfg``: the guest (default: 2 vCPUs, the race needs two; the program refuses to run on one)."""
     if rounds < 1 or max_delay_us < 0:
         raise ThpsimError("--rounds must be >= 1 and --max-delay >= 0")
     binary = build_race_binary()
     argv = [str(binary), str(rounds), str(max_delay_us)]
-    cfg = GuestConfig(cpus=2, timeout=timeout)
+    cfg = cfg or GuestConfig(cpus=2, timeout=600)
     with tempfile.TemporaryFile() as out:
         console, rc = "", None
         try:

@@ -13,7 +13,8 @@ and return success; variants: zero in place, ENOMEM from every zap, or MADV_DONT
 retry the same PMD; variant: split up front before changing anything, failing with ENOMEM); ``rmap_tables`` —
 where try_to_unmap/try_to_migrate get the split table (series v3: one pte_alloc_one per rmap_one call; variant:
 a reserved pool with mempool semantics — the page allocator first, the pool when it fails, refilled by the
-next page tables freed; a thpsim what-if that no reviewer proposed). ``split_vma_order`` — whether ``__split_vma`` write-locks the VMA before or after splitting the PMD its new boundary
+next page tables freed; a thpsim what-if that no reviewer proposed). ``pmd_swap`` — does reclaim install PMD-level swap entries (``lazy-pmd-swap``, docs/pmd-swap.md)?
+``split_vma_order`` — whether ``__split_vma`` write-locks the VMA before or after splitting the PMD its new boundary
 cuts (upstream: before; v3 02/24: after, which ``thpsim races`` shows lets a per-VMA-lock fault map a THP across
 the boundary; ``lazy-vma-lock-first`` is the fix). ``arch_needs_pgtable_deposit()`` (powerpc hash) overrides
 everything: the design then deposits and never fails a split, as series patch 17 does.
@@ -86,6 +87,7 @@ class Design:
     rmap_tables: RmapTables = RmapTables.PREALLOC
     reserve_pool_size: int = 0
     split_vma_order: SplitVmaOrder | None = None     # None: v3 02's order when the split can fail, else upstream's
+    pmd_swap: bool = False                           # reclaim installs PMD swap entries (the follow-up series)
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -102,6 +104,10 @@ class Design:
                 or self.reserve_pool_size < 0:
             raise ThpsimError(f"design {self.name!r}: reserve_pool_size must be an integer >= 0, "
                               f"not {self.reserve_pool_size!r}")
+        if not isinstance(self.pmd_swap, bool):
+            raise ThpsimError(f"design {self.name!r}: pmd_swap must be True or False, not {self.pmd_swap!r}")
+        if self.pmd_swap and self.deposit:
+            raise ThpsimError(f"design {self.name!r}: pmd_swap is modelled on the lazy series only (deposit=False)")
         if self.rmap_tables is RmapTables.RESERVE_POOL and self.reserve_pool_size == 0:
             raise ThpsimError(f"design {self.name!r}: rmap_tables='reserve_pool' needs reserve_pool_size > 0")
 
@@ -140,6 +146,10 @@ DESIGNS: dict[str, Design] = {
         Design("lazy-mprotect-upfront", False, change_prot_split_failure=ChangeProtSplitFailure.UPFRONT,
                description="lazy, but change_protection splits the partial PMDs up front and fails with ENOMEM "
                            "before changing anything (Kiryl's suggestion)"),
+        Design("lazy-pmd-swap", False, pmd_swap=True,
+               description="lazy plus the follow-up \"mm: PMD-level swap entries for anonymous THPs\" (v1/v2): "
+                           "reclaim swaps a PMD-mapped THP out as one PMD swap entry per mapping when a whole "
+                           "512-slot swap cluster is free (no PTE table); swap-in maps it whole again"),
         Design("lazy-vma-lock-first", False, split_vma_order=SplitVmaOrder.LOCK_THEN_SPLIT,
                description="thpsim's fix for the race `thpsim races` found: lazy, but __split_vma and vma_shrink "
                            "write-lock the VMA before vma_adjust_trans_huge (v3 02/24 splits first), so no "

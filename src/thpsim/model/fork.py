@@ -18,9 +18,9 @@ from __future__ import annotations
 from thpsim.model import rmap, swapfile
 from thpsim.model.errnos import ENOMEM
 from thpsim.model.exit import exit_mmap
-from thpsim.model.huge_memory import copy_huge_pmd
+from thpsim.model.huge_memory import copy_huge_non_present_pmd, copy_huge_pmd
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable, SwapPmd
 from thpsim.model.vma import VM_DONTCOPY, VM_LOCKED, VM_LOCKONFAULT, VM_UFFD_WP, VM_WIPEONFORK, Vma
 
 __all__ = ["copy_page_range", "copy_pte_range", "do_fork", "dup_mmap"]
@@ -68,6 +68,10 @@ def copy_page_range(k: Kernel, dst: MM, src: MM, vma: Vma) -> int:
             continue
         if not k.pmd_alloc(dst, addr):
             return ENOMEM
+        if isinstance(s, SwapPmd):
+            copy_huge_non_present_pmd(k, dst, src, addr & ~(p - 1), s)
+            addr = nxt
+            continue
         if isinstance(s, HugePmd):
             rc = copy_huge_pmd(k, dst, src, vma, addr & ~(p - 1), s)
             if rc == ENOMEM:

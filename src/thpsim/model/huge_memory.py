@@ -25,7 +25,7 @@ from thpsim.model.contpte import contpte_fold_all
 from thpsim.model.errnos import ENOMEM
 from thpsim.model.folio import Folio, content_is_zero
 from thpsim.model.kernel import MM, VM_FAULT_FALLBACK, VM_FAULT_OK, VM_FAULT_OOM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, Pte, PteTable, SwapPmd
 from thpsim.model.vma import VM_HUGEPAGE, VM_LOCKED, VM_NOHUGEPAGE, Vma
 
 __all__ = ["__split_huge_pmd", "__split_huge_pmd_locked", "change_huge_pmd", "collapse_old_table",
@@ -231,7 +231,7 @@ def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str,
     """
     haddr = addr & ~(k.pmd_size - 1)
     slot = mm.pt.slot(haddr)
-    huge = isinstance(slot, HugePmd)
+    huge = isinstance(slot, HugePmd | SwapPmd)     # pmd_is_huge(): a PMD swap entry too (lazy-pmd-swap)
     if not huge and not alloc_even_if_not_huge:
         return 0
     allocated = split_pgtable_alloc(k, caller)
@@ -239,6 +239,8 @@ def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str,
         return allocated
     if isinstance(slot, HugePmd):
         __split_huge_pmd_locked(k, mm, vma, haddr, slot, caller=caller)
+    elif isinstance(slot, SwapPmd):
+        split_swap_pmd_locked(k, mm, haddr, slot, caller=caller)
     elif allocated:
         k.pte_free()   # split_huge_pmd_locked found no huge PMD: the fresh table is freed, never counted
     return 0
@@ -267,6 +269,83 @@ def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd
     rmap.folio_add_anon_rmap_ptes(k, mm, f, range(k.nr), count_rss=False)
     rmap.folio_remove_rmap_pmd(k, mm, f, count_rss=False)
     return table
+
+
+def split_swap_pmd_locked(k: Kernel, mm: MM, haddr: int, sp: SwapPmd, *, caller: str) -> PteTable:
+    """The swap branch of __split_huge_pmd_locked (PMD swap entries v2 08/16): 512 PTE swap entries for the
+    consecutive slots, the exclusive and uffd-wp bits kept; no folio reference (they point at slots). Each PTE's
+    stand-in folio holds its page's content and its slot (``index``); the slots' references pass to the PTEs."""
+    k.vmstat.count("thp_split_pmd")
+    k.log.split_sites.append(caller)
+    pt = mm.pt
+    split_pgtable_take(k, mm, haddr)
+    table = PteTable()
+    pt.slots[haddr >> pt.pmd_shift] = table
+    for i in range(k.nr):
+        d = Folio(0, 0, 1)
+        d.default = sp.content.content(i)
+        d.index = sp.base + i
+        d.anon_exclusive = sp.exclusive
+        table.ptes[i] = Pte(PTE_SWAP, d)
+    return table
+
+
+def zap_swap_pmd(k: Kernel, mm: MM, haddr: int) -> None:
+    """zap_huge_pmd() of a PMD swap entry: the 512 slots are freed without a folio lookup; MM_SWAPENTS −512."""
+    pt = mm.pt
+    sp = pt.slots.pop(haddr >> pt.pmd_shift)
+    assert isinstance(sp, SwapPmd) and k.swap is not None
+    for s in range(sp.base, sp.base + k.nr):
+        k.swap.free(s)
+    mm.swap_ents -= k.nr
+
+
+def set_pmd_swap_entry(k: Kernel, mm: MM, haddr: int, hp: HugePmd, content: Folio, base: int) -> None:
+    """try_to_unmap_one's PMD branch (PMD swap entries v2 15/16): the huge PMD becomes one swap entry for the
+    folio's 512 slots (each gains a reference), exclusive if the folio was anon-exclusive; MM_ANONPAGES −512,
+    MM_SWAPENTS +512. No PTE table is needed."""
+    f = hp.folio
+    assert f is not None and k.swap is not None
+    for s in range(base, base + k.nr):
+        k.swap.dup(s)
+    mm.pt.slots[haddr >> mm.pt.pmd_shift] = SwapPmd(base, content, exclusive=f.anon_exclusive, uffd_wp=hp.uffd_wp)
+    mm.swap_ents += k.nr
+    rmap.folio_remove_rmap_pmd(k, mm, f)
+
+
+def copy_huge_non_present_pmd(k: Kernel, dst: MM, src: MM, haddr: int, sp: SwapPmd) -> None:
+    """fork of a PMD swap entry: the child gets one too (folio_dup_swap of the 512 slots); both lose the
+    exclusive bit, as copy_nonpresent_pte does for a PTE swap entry."""
+    assert k.swap is not None
+    for s in range(sp.base, sp.base + k.nr):
+        k.swap.dup(s)
+    sp.exclusive = False
+    dst.pt.slots[haddr >> dst.pt.pmd_shift] = SwapPmd(sp.base, sp.content, exclusive=False)
+    dst.swap_ents += k.nr
+
+
+def do_huge_pmd_swap_page(k: Kernel, mm: MM, vma: Vma, addr: int, sp: SwapPmd) -> int:
+    """The swap-in fault on a PMD swap entry (PMD swap entries v1 11/13): a PMD-order folio is read back and
+    mapped whole (writable only if the entry was exclusive, the VMA writes and uffd-wp is not armed); the slots
+    are freed. Without a folio, the entry is split into 512 PTE swap entries (under lazy the split needs a
+    table: VM_FAULT_OOM) and the fault goes on at PTE level (VM_FAULT_FALLBACK)."""
+    haddr = addr & ~(k.pmd_size - 1)
+    f = k.folio_alloc("folio@swapin", k.nr.bit_length() - 1)
+    if f is None:
+        if __split_huge_pmd(k, mm, vma, haddr, caller="do_huge_pmd_swap_page") != 0:
+            return VM_FAULT_OOM
+        return VM_FAULT_FALLBACK
+    f.default = sp.content.default
+    f.pages = dict(sp.content.pages) if sp.content.pages else None
+    mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(
+        f, write=sp.exclusive and vma.writable and not sp.uffd_wp, dirty=False)
+    rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True, vma=vma, addr=haddr)
+    f.anon_exclusive = sp.exclusive
+    assert k.swap is not None
+    for s in range(sp.base, sp.base + k.nr):
+        k.swap.free(s)
+    mm.swap_ents -= k.nr
+    return VM_FAULT_OK
 
 
 def split_huge_pmd_address(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str) -> int:
@@ -405,9 +484,7 @@ def split_folio(k: Kernel, f: Folio, *, caller: str, memalloc: bool = False) -> 
     f.nr_pages_mapped = 0
     k.vmstat.count("thp_split_page")
     k.vmstat.mthp["split"] += 1
-    k.folio_free(f)          # returns all 512 pages ...
-    k.alloc.pages_in_use += kept  # ... of which the surviving order-0 folios keep theirs
-    k.alloc.peak_pages = max(k.alloc.peak_pages, k.alloc.pages_in_use)
+    k.folio_free(f, keep_pages=kept)     # the surviving order-0 folios keep their pages
     for nf in small.values():
         if nf.entire_mapcount > 1:
             nf.anon_exclusive = False

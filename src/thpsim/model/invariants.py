@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from thpsim.model.folio import Folio
 from thpsim.model.huge_memory import pmd_deposits
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable, SwapPmd
 
 __all__ = ["check", "check_exited"]
 
@@ -95,6 +95,11 @@ def _check_mm(k: Kernel, mm: MM, entire: dict[int, int], per_page: dict[int, dic
             errs.append(f"{mm.name}: a PMD slot at {a:#x} without a PMD table")
         if isinstance(s, HugePmd):
             errs += _check_huge_pmd(k, mm, a, s, tally, entire, folios)
+        elif isinstance(s, SwapPmd):
+            tally.swap += k.nr                  # MM_SWAPENTS counts the 512 slots of a PMD swap entry
+            v = mm.vmas.find(a)
+            if v is None or v.end < a + k.pmd_size or v.start > a:
+                errs.append(f"{mm.name}: PMD swap entry at {a:#x} not inside one VMA")
         else:
             errs += _check_pte_table(mm, a, s, tally, per_page, folios)
     return errs + _check_deposits(k, mm, tally) + _check_counters(k, mm, tally)

@@ -114,7 +114,9 @@ class Kernel:
             self.vmstat.mthp["nr_anon"] += 1
         return f
 
-    def folio_free(self, f: Folio) -> None:
+    def folio_free(self, f: Folio, *, keep_pages: int = 0) -> None:
+        """Free a folio; ``keep_pages`` of its pages live on (a folio split: the order-0 folios keep theirs, so
+        only the pages remapped to the zero page go back to the allocator — and refill the reserves)."""
         if f.freed:
             return
         f.freed = True
@@ -125,7 +127,8 @@ class Kernel:
                 f.partially_mapped = False
         self.deferred.pop(f.id, None)
         f.on_deferred = False
-        self.alloc.free(f.nr)
+        if f.nr - keep_pages:
+            self.alloc.free(f.nr - keep_pages)
 
     # ---- page tables -----------------------------------------------------------------------------------------
     def pte_alloc_one(self, site: str, *, memalloc: bool = False) -> bool:

@@ -20,7 +20,7 @@ from thpsim.model.design import ZapSplitFailure
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, VM_FAULT_OK, VM_FAULT_SIGSEGV, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable, pmd_ranges
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, HugePmd, Pte, PteTable, SwapPmd, pmd_ranges
 from thpsim.model.vma import (
     VM_DONTCOPY,
     VM_HUGEPAGE,
@@ -117,6 +117,13 @@ def _free(k: Kernel, mm: MM, v: Vma, start: int, end: int) -> int:
         s = pt.slot(addr)
         if isinstance(s, HugePmd) and huge_memory.madvise_free_huge_pmd(k, mm, v, addr & ~(p - 1), addr, nxt):
             continue
+        if isinstance(s, SwapPmd):
+            # a PMD swap entry: a whole PMD frees its slots in place, a partial one is split first (PMD swap v7)
+            if nxt - addr == p:
+                huge_memory.zap_swap_pmd(k, mm, addr)
+                continue
+            if huge_memory.__split_huge_pmd(k, mm, v, addr, caller="madvise_free_pte_range") != 0:
+                continue
         s = pt.slot(addr)
         if isinstance(s, PteTable):
             _free_ptes(k, mm, s, addr, nxt)

@@ -25,6 +25,7 @@ from thpsim.model.pgtable import (
     HugePmd,
     Pte,
     PteTable,
+    SwapPmd,
 )
 from thpsim.model.vma import VM_LOCKED, Vma
 
@@ -58,6 +59,10 @@ def handle_mm_fault(k: Kernel, mm: MM, addr: int, write: bool) -> int:
             if write:
                 slot.dirty = True
             return VM_FAULT_OK
+    elif isinstance(slot, SwapPmd):
+        rc = huge_memory.do_huge_pmd_swap_page(k, mm, vma, addr, slot)
+        if rc != VM_FAULT_FALLBACK:
+            return rc      # (a write to a non-exclusive entry mapped read-only faults again: do_huge_pmd_wp_page)
     return handle_pte_fault(k, mm, vma, addr, write)
 
 
@@ -160,9 +165,12 @@ def zap_pmd_range(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, reclaim_
     while addr < end:
         nxt = min((addr | (p - 1)) + 1, end)
         slot = mm.pt.slot(addr)
-        if isinstance(slot, HugePmd):
+        if isinstance(slot, HugePmd | SwapPmd):
             if nxt - addr == p:
-                huge_memory.zap_huge_pmd(k, mm, addr)
+                if isinstance(slot, SwapPmd):
+                    huge_memory.zap_swap_pmd(k, mm, addr)
+                else:
+                    huge_memory.zap_huge_pmd(k, mm, addr)
                 addr = nxt
                 continue
             if huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
@@ -170,7 +178,7 @@ def zap_pmd_range(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, reclaim_
                 if policy is ZapSplitFailure.ENOMEM:
                     return -12
                 if policy is ZapSplitFailure.ZERO:
-                    if not _zero_in_place(k, mm, slot, addr, nxt):
+                    if isinstance(slot, SwapPmd) or not _zero_in_place(k, mm, slot, addr, nxt):
                         return -12
                 else:
                     k.log.notes.append(f"zap_pmd_range: split failed, [{addr:#x}, {nxt:#x}) skipped, not zapped")

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from thpsim.model import huge_memory, rmap
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_ZERO, HugePmd, Pte, PteTable, SwapPmd
 from thpsim.model.vma import Vma
 
 __all__ = ["migrate_vma", "migrate_vma_insert_page"]
@@ -43,6 +43,9 @@ def migrate_vma(k: Kernel, mm: MM, start: int, end: int) -> int:
             a += k.page
             continue
         s = mm.pt.slot(a)
+        if isinstance(s, SwapPmd):
+            a = (a | (p - 1)) + 1            # migrate_vma_collect_huge_pmd: a non-present PMD is skipped
+            continue
         if isinstance(s, HugePmd) and s.folio is not None:
             f = s.folio
             if huge_memory.__split_huge_pmd(k, mm, vma, a, caller="migrate_vma_split_unmapped_folio") != 0:

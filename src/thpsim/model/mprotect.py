@@ -21,7 +21,7 @@ from thpsim.model.design import ChangeProtSplitFailure
 from thpsim.model.errnos import EINVAL, ENOMEM
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, pmd_ranges
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, PteTable, SwapPmd, pmd_ranges
 from thpsim.model.vma import PROT_MASK, Vma, prot_to_flags
 from thpsim.model.vma_modify import vma_modify_flags
 
@@ -77,39 +77,61 @@ def change_protection(k: Kernel, mm: MM, vma: Vma, start: int, end: int, *, call
         for a in (start, end):
             if a % p:
                 s = pt.slot(a if a == start else a - 1)
-                if isinstance(s, HugePmd) and huge_memory.__split_huge_pmd(k, mm, vma, a, caller=caller) != 0:
+                if isinstance(s, HugePmd | SwapPmd) and \
+                        huge_memory.__split_huge_pmd(k, mm, vma, a, caller=caller) != 0:
                     return ENOMEM
     writable = vma.writable
     for addr, nxt in pmd_ranges(start, end, p):
         s = pt.slot(addr)
-        if isinstance(s, HugePmd):
+        if isinstance(s, HugePmd | SwapPmd):
             if nxt - addr == p:
-                if uffd_wp:
-                    s.write, s.uffd_wp = False, True
-                else:
-                    if uffd_wp_resolve:
-                        s.uffd_wp = False
-                    huge_memory.change_huge_pmd(k, mm, addr, s, writable)
+                _change_whole_pmd(k, mm, addr, s, writable, uffd_wp=uffd_wp, uffd_wp_resolve=uffd_wp_resolve)
                 continue
-            tries = 0
-            while huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
-                tries += 1   # cond_resched(); goto again — the same PMD, no fatal-signal check
-                if tries >= k.max_retries:
-                    raise LivelockDetected(
-                        f"change_pmd_range retried the split of the PMD at {addr:#x} {tries} times without "
-                        "progress (series v3 07/24 has no bound and no fatal-signal check)")
+            _split_retrying(k, mm, vma, addr, caller)
             s = pt.slot(addr)
         if isinstance(s, PteTable):
-            first = pt.pte_index(addr)
-            for i in range(first, first + ((nxt - addr) >> pt.page_shift)):
-                pte = s.ptes.get(i)
-                if pte is None or pte.kind != PTE_PAGE:
-                    continue
-                f = pte.folio
-                pte.write = not uffd_wp and writable and f is not None and (
-                    f.anon_exclusive if not f.large else _exclusive(k, mm, f))
-            contpte_fold_after_change(s, first, first + ((nxt - addr) >> pt.page_shift), k.arch.cont_ptes)
+            _change_pte_range(k, mm, s, addr, nxt, writable and not uffd_wp)
     return 0
+
+
+def _change_whole_pmd(k: Kernel, mm: MM, addr: int, s: HugePmd | SwapPmd, writable: bool, *, uffd_wp: bool,
+                      uffd_wp_resolve: bool) -> None:
+    """A PMD wholly in range keeps its mapping: change_huge_pmd, or change_non_present_huge_pmd for a PMD swap
+    entry (only its uffd-wp bit can change)."""
+    if isinstance(s, SwapPmd):
+        if uffd_wp or uffd_wp_resolve:
+            s.uffd_wp = uffd_wp
+    elif uffd_wp:
+        s.write, s.uffd_wp = False, True
+    else:
+        if uffd_wp_resolve:
+            s.uffd_wp = False
+        huge_memory.change_huge_pmd(k, mm, addr, s, writable)
+
+
+def _split_retrying(k: Kernel, mm: MM, vma: Vma, addr: int, caller: str) -> None:
+    """v3 07/24: a failed split of a partly covered PMD is cond_resched() and goto again — the same PMD, no
+    bound and no fatal-signal check (the model stops at ``max_retries``: LIVELOCK)."""
+    tries = 0
+    while huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller) != 0:
+        tries += 1
+        if tries >= k.max_retries:
+            raise LivelockDetected(
+                f"change_pmd_range retried the split of the PMD at {addr:#x} {tries} times without "
+                "progress (series v3 07/24 has no bound and no fatal-signal check)")
+
+
+def _change_pte_range(k: Kernel, mm: MM, table: PteTable, addr: int, nxt: int, writable: bool) -> None:
+    """change_pte_range: a present page is writable only if the VMA writes and the page is exclusive."""
+    pt = mm.pt
+    first = pt.pte_index(addr)
+    for i in range(first, first + ((nxt - addr) >> pt.page_shift)):
+        pte = table.ptes.get(i)
+        if pte is None or pte.kind != PTE_PAGE:
+            continue
+        f = pte.folio
+        pte.write = writable and f is not None and (f.anon_exclusive if not f.large else _exclusive(k, mm, f))
+    contpte_fold_after_change(table, first, first + ((nxt - addr) >> pt.page_shift), k.arch.cont_ptes)
 
 
 def _exclusive(k: Kernel, mm: MM, f: Folio) -> bool:

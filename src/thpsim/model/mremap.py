@@ -24,7 +24,7 @@ from thpsim.model import gup, huge_memory
 from thpsim.model.errnos import EFAULT, EINVAL, ENOMEM
 from thpsim.model.kernel import MM, Kernel
 from thpsim.model.mmap import do_munmap, unmap_region
-from thpsim.model.pgtable import HugePmd, PteTable
+from thpsim.model.pgtable import HugePmd, PteTable, SwapPmd
 from thpsim.model.vma import VM_LOCKED, VM_UFFD_WP, Vma
 from thpsim.model.vma_modify import split_range
 
@@ -170,50 +170,69 @@ def move_page_tables(k: Kernel, mm: MM, new_vma: Vma, old: int, new: int, length
         if not k.pud_alloc(mm, n):
             break
         if ext == pud and pt.pmd_table_of(n) is None:
-            # move_normal_pud: the whole PMD table (with its deposits) changes place
-            t = pt.pmd_tables.pop(o >> pt.pud_shift)
-            pt.pmd_tables[n >> pt.pud_shift] = t
-            base_o, base_n = o >> pt.pmd_shift, n >> pt.pmd_shift
-            for i in range(pud // pmd):
-                s = pt.slots.pop(base_o + i, None)
-                if s is not None:
-                    pt.slots[base_n + i] = s
+            _move_normal_pud(k, mm, o, n)
             o, n = o + ext, n + ext
             continue
         ext = _extent(o, n, old_end, pmd)
-        s = pt.slot(o)
-        if s is None:
-            o, n = o + ext, n + ext
-            continue
-        if not k.pmd_alloc(mm, n):
+        if not _move_pmd_extent(k, mm, new_vma, o, n, ext):
             break
-        if isinstance(s, HugePmd):
-            if ext == pmd and huge_memory.move_huge_pmd(k, mm, o, n):
-                src_vma = mm.vmas.find(o)
-                if src_vma is not None and src_vma.flags & VM_UFFD_WP:
-                    moved = pt.slot(n)      # move_huge_pmd: vma_has_uffd_without_event_remap → clear_uffd_wp_pmd
-                    assert isinstance(moved, HugePmd)
-                    moved.uffd_wp = False
-                o, n = o + ext, n + ext
-                continue
-            old_vma = mm.vmas.find(o) or new_vma
-            if huge_memory.__split_huge_pmd(k, mm, old_vma, o, caller="move_page_tables") != 0:
-                break
-            s = pt.slot(o)
-        elif ext == pmd and pt.slot(n) is None:
-            # move_normal_pmd: the PTE table itself moves
-            pt.slots[n >> pt.pmd_shift] = pt.slots.pop(o >> pt.pmd_shift)
-            o, n = o + ext, n + ext
-            continue
-        if isinstance(s, PteTable):
-            if not k.pte_alloc(mm, n):
-                break
-            dst = pt.slot(n)
-            assert isinstance(dst, PteTable)
-            fi, ni = pt.pte_index(o), pt.pte_index(n)
-            for j in range(ext >> pt.page_shift):
-                e = s.ptes.pop(fi + j, None)
-                if e is not None:
-                    dst.ptes[ni + j] = e
         o, n = o + ext, n + ext
     return o - old
+
+
+def _move_normal_pud(k: Kernel, mm: MM, o: int, n: int) -> None:
+    """move_normal_pud: the whole PMD table (with its deposits) changes place."""
+    pt = mm.pt
+    t = pt.pmd_tables.pop(o >> pt.pud_shift)
+    pt.pmd_tables[n >> pt.pud_shift] = t
+    base_o, base_n = o >> pt.pmd_shift, n >> pt.pmd_shift
+    for i in range(k.arch.pud_size // k.arch.pmd_size):
+        s = pt.slots.pop(base_o + i, None)
+        if s is not None:
+            pt.slots[base_n + i] = s
+
+
+def _move_pmd_extent(k: Kernel, mm: MM, new_vma: Vma, o: int, n: int, ext: int) -> bool:
+    """One PMD's extent of move_page_tables: a whole huge PMD (move_huge_pmd), a whole PTE table or PMD swap
+    entry (move_normal_pmd), else a split (under lazy it may fail) and a PTE-by-PTE move. False when a table
+    allocation or a split fails: the loop stops there."""
+    pt = mm.pt
+    pmd = k.arch.pmd_size
+    s = pt.slot(o)
+    if s is None:
+        return True
+    if not k.pmd_alloc(mm, n):
+        return False
+    if isinstance(s, SwapPmd) and ext != pmd:
+        # a PMD swap entry only partly moved: split it (a table under lazy), then move PTEs
+        old_vma = mm.vmas.find(o) or new_vma
+        if huge_memory.__split_huge_pmd(k, mm, old_vma, o, caller="move_page_tables") != 0:
+            return False
+        s = pt.slot(o)
+    if isinstance(s, HugePmd):
+        if ext == pmd and huge_memory.move_huge_pmd(k, mm, o, n):
+            src_vma = mm.vmas.find(o)
+            if src_vma is not None and src_vma.flags & VM_UFFD_WP:
+                moved = pt.slot(n)      # move_huge_pmd: vma_has_uffd_without_event_remap → clear_uffd_wp_pmd
+                assert isinstance(moved, HugePmd)
+                moved.uffd_wp = False
+            return True
+        old_vma = mm.vmas.find(o) or new_vma
+        if huge_memory.__split_huge_pmd(k, mm, old_vma, o, caller="move_page_tables") != 0:
+            return False
+        s = pt.slot(o)
+    elif ext == pmd and pt.slot(n) is None:
+        # move_normal_pmd: the PTE table (or the PMD swap entry) itself moves
+        pt.slots[n >> pt.pmd_shift] = pt.slots.pop(o >> pt.pmd_shift)
+        return True
+    if isinstance(s, PteTable):
+        if not k.pte_alloc(mm, n):
+            return False
+        dst = pt.slot(n)
+        assert isinstance(dst, PteTable)
+        fi, ni = pt.pte_index(o), pt.pte_index(n)
+        for j in range(ext >> pt.page_shift):
+            e = s.ptes.pop(fi + j, None)
+            if e is not None:
+                dst.ptes[ni + j] = e
+    return True

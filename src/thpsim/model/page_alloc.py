@@ -33,6 +33,7 @@ SITES = (
     "pte_alloc_one@split", "pte_alloc_one@fault", "pte_alloc_one@huge_zero", "pte_alloc_one@fork",
     "pte_alloc_one@rmap_prealloc", "pte_alloc_one@reserve_pool", "__pte_alloc", "__pmd_alloc", "__pud_alloc",
     "folio@thp_fault", "folio@fault", "folio@cow", "folio@collapse", "folio@huge_zero", "folio@migrate_device",
+    "folio@swapin",
 )
 
 
@@ -54,6 +55,7 @@ SITE_CALLER: dict[str, str] = {
     "folio@fault": "do_anonymous_page",
     "folio@cow": "wp_page_copy",
     "folio@migrate_device": "dmirror_devmem_alloc_page",  # the device driver's page (lib/test_hmm.c), model-only
+    "folio@swapin": "do_huge_pmd_swap_page",             # lazy-pmd-swap (model-only): the PMD-order swap-in
 }
 
 

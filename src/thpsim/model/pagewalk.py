@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from thpsim.model import huge_memory
 from thpsim.model.errnos import ENOMEM
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import HugePmd, Pte, PteTable, pmd_ranges
+from thpsim.model.pgtable import HugePmd, Pte, PteTable, SwapPmd, pmd_ranges
 from thpsim.model.vma import Vma
 
 __all__ = ["Action", "MmWalk", "MmWalkOps", "walk_page_range_vma"]
@@ -84,6 +84,12 @@ def walk_page_range_vma(k: Kernel, mm: MM, vma: Vma, start: int, end: int, ops: 
                     return ENOMEM                      # walk_pud_range's __pmd_alloc, walk_pmd_range's __pte_alloc
                 slot = pt.slot(addr)
             assert slot is not None
+            if isinstance(slot, SwapPmd):              # not pmd_trans_huge: split_huge_pmd (pmd_is_huge) splits it
+                err = huge_memory.__split_huge_pmd(k, mm, vma, addr, caller=caller)
+                if err:
+                    return err
+                slot = pt.slot(addr)
+                assert slot is not None and not isinstance(slot, SwapPmd)
             if ops.pmd_entry is not None:
                 err = ops.pmd_entry(walk, slot, addr, nxt)
                 if err:

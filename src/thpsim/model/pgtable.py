@@ -21,7 +21,7 @@ from __future__ import annotations
 from thpsim.model.arch import Arch
 from thpsim.model.folio import Folio
 
-__all__ = ["HugePmd", "PTE_GUARD", "PTE_PAGE", "PTE_SWAP", "PTE_ZERO", "PageTables", "PmdTable", "Pte",
+__all__ = ["HugePmd", "PTE_GUARD", "PTE_PAGE", "PTE_SWAP", "PTE_ZERO", "PageTables", "PmdTable", "Pte", "SwapPmd",
            "PteTable", "pmd_ranges"]
 
 # PTE kinds
@@ -83,6 +83,21 @@ class HugePmd:
         return self.folio is None
 
 
+class SwapPmd:
+    """A PMD-level swap entry (the follow-up series "mm: PMD-level swap entries for anonymous THPs", design
+    ``lazy-pmd-swap``): HPAGE_PMD_NR consecutive swap slots from ``base``, one non-present PMD, no PTE table.
+    ``content`` is a stand-in folio holding the swapped pages (shared by every process's entry for the same
+    folio); ``exclusive`` is the swap entry's exclusive bit (the folio was anon-exclusive to this mapping)."""
+
+    __slots__ = ("base", "content", "exclusive", "uffd_wp")
+
+    def __init__(self, base: int, content: Folio, exclusive: bool, uffd_wp: bool = False) -> None:
+        self.base = base
+        self.content = content
+        self.exclusive = exclusive
+        self.uffd_wp = uffd_wp
+
+
 class PmdTable:
     __slots__ = ("deposits",)
 
@@ -103,7 +118,7 @@ class PageTables:
         # the arena's top-level entry also maps the program's text: its PUD table is not the trace's
         self.preexisting_pud: frozenset[int] = frozenset({0}) if 0 < arena_base < arch.p4d_size else frozenset()
         self.pmd_tables: dict[int, PmdTable] = {}   # keyed by addr >> pud_shift
-        self.slots: dict[int, PteTable | HugePmd] = {}  # keyed by addr >> pmd_shift
+        self.slots: dict[int, PteTable | HugePmd | SwapPmd] = {}  # keyed by addr >> pmd_shift
         self.nr_ptes = 0
         self.nr_pmds = 0
         self.nr_puds = 0
@@ -118,7 +133,7 @@ class PageTables:
         return sum(t.deposits for t in self.pmd_tables.values())
 
     # ---- lookups ---------------------------------------------------------------------------------------------
-    def slot(self, addr: int) -> PteTable | HugePmd | None:
+    def slot(self, addr: int) -> PteTable | HugePmd | SwapPmd | None:
         return self.slots.get(addr >> self.pmd_shift)
 
     def pmd_table_of(self, addr: int) -> PmdTable | None:

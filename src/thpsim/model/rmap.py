@@ -181,10 +181,17 @@ def folio_maybe_mapped_shared(k: Kernel, f: Folio) -> bool:
 
 
 def rmap_walk(k: Kernel, f: Folio) -> list[tuple[MM, int, str]]:
-    """All mappings of folio f: (mm, address, "pmd" | "pte"), in process then address order."""
+    """All mappings of folio f: (mm, address, "pmd" | "pte"), in process then address order. An anonymous
+    folio is looked for only at its linear address in the VMAs whose anon_vma chain holds its anon_vma (what
+    rmap_walk_anon visits); a folio without one, in every slot."""
     out: list[tuple[MM, int, str]] = []
     for mm in k.procs.values():
         if not mm.alive:
+            continue
+        if f.mapping is not None:
+            for v in mm.vmas:
+                if f.mapping in v.avc:
+                    out += _vma_mappings(mm, v, f)
             continue
         pt = mm.pt
         for idx, s in pt.slots.items():
@@ -196,6 +203,30 @@ def rmap_walk(k: Kernel, f: Folio) -> list[tuple[MM, int, str]]:
                 for pi, pte in s.ptes.items():
                     if pte.kind == PTE_PAGE and pte.folio is f:
                         out.append((mm, base + (pi << pt.page_shift), "pte"))
+    return out
+
+
+def _vma_mappings(mm: MM, v: Vma, f: Folio) -> list[tuple[MM, int, str]]:
+    """f's mappings in VMA v: its huge PMD, or its PTEs in the folio's linear range there."""
+    pt = mm.pt
+    lo = max(v.start, v.start + ((f.index - v.pgoff) << pt.page_shift))
+    hi = min(v.end, v.start + ((f.index + f.nr - v.pgoff) << pt.page_shift))
+    out: list[tuple[MM, int, str]] = []
+    if lo >= hi:
+        return out
+    for idx in range(lo >> pt.pmd_shift, ((hi - 1) >> pt.pmd_shift) + 1):
+        s = pt.slots.get(idx)
+        base = idx << pt.pmd_shift
+        if isinstance(s, HugePmd):
+            if s.folio is f:
+                out.append((mm, base, "pmd"))
+        elif isinstance(s, PteTable):
+            first = (max(lo, base) - base) >> pt.page_shift
+            last = (min(hi, base + (1 << pt.pmd_shift)) - base) >> pt.page_shift
+            for pi in range(first, last):
+                pte = s.ptes.get(pi)
+                if pte is not None and pte.kind == PTE_PAGE and pte.folio is f:
+                    out.append((mm, base + (pi << pt.page_shift), "pte"))
     return out
 
 
@@ -216,7 +247,7 @@ def _maps(mm: MM, f: Folio) -> bool:
         if isinstance(s, HugePmd):
             if s.folio is f:
                 return True
-        elif any(p.folio is f and p.kind == PTE_PAGE for p in s.ptes.values()):
+        elif isinstance(s, PteTable) and any(p.folio is f and p.kind == PTE_PAGE for p in s.ptes.values()):
             return True
     return False
 
@@ -273,7 +304,8 @@ def _rmap_vmas(k: Kernel, f: Folio) -> list[tuple[MM, Vma, list[tuple[int, str]]
 
 
 def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
-                        per_vma: Callable[[MM, Vma], None] | None = None) -> bool:
+                 per_vma: Callable[[MM, Vma], None] | None = None,
+                 pmd_swap: Callable[[MM, int, HugePmd], None] | None = None) -> bool:
     """The rmap walk of try_to_unmap / try_to_migrate with TTU_SPLIT_HUGE_PMD (set for every PMD-order folio).
 
     Under the lazy design each rmap_one call (one per VMA mapping the folio, PMD- or PTE-mapped) first
@@ -282,13 +314,21 @@ def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
     table is freed at the end of the call and never counted. ``per_vma`` is what the rmap_one call does to that
     VMA's (now PTE) mappings after the split (try_to_unmap_one installs swap entries as it goes), so the VMAs
     visited before a failure stay unmapped. Returns False if the walk bailed out.
+
+    ``pmd_swap`` (lazy-pmd-swap: shrink_folio_list dropped TTU_SPLIT_HUGE_PMD) replaces each PMD mapping by a PMD
+    swap entry instead of splitting it; no table is pre-allocated then (v3 17 allocates only with the flag).
     """
-    needs_table = k.design.split_can_fail      # the split takes a fresh table, not the deposit
+    needs_table = k.design.split_can_fail and pmd_swap is None   # the split takes a fresh table, not the deposit
     prealloc_needed = needs_table and f.large and f.nr == k.nr
     for mm, vma, maps in _rmap_vmas(k, f):
         table = _take_table(k, memalloc=memalloc) if prealloc_needed else False
         for addr, kind in maps:
             if kind != "pmd":
+                continue
+            if pmd_swap is not None:
+                hp = mm.pt.slot(addr)
+                assert isinstance(hp, HugePmd)
+                pmd_swap(mm, addr, hp)
                 continue
             if needs_table and not table:
                 k.vmstat.count("thp_split_pmd_failed")
@@ -306,18 +346,31 @@ def try_to_unmap(k: Kernel, f: Folio, *, caller: str, memalloc: bool,
 
 
 def vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
-    """The PTEs of ``vma`` that map folio ``f``: (address, pte), in address order."""
+    """The PTEs of ``vma`` that map folio ``f``: (address, pte), in address order. An anonymous folio can only
+    be mapped at its linear address in the VMA (vma_address(): folio->index against vm_pgoff), so only that
+    range is looked at; a folio without an anon_vma falls back to the whole VMA."""
     pt = mm.pt
     out: list[tuple[int, Pte]] = []
-    for idx in range(vma.start >> pt.pmd_shift, ((vma.end - 1) >> pt.pmd_shift) + 1):
+    lo, hi = vma.start, vma.end
+    if f.mapping is not None:
+        lo = max(lo, vma.start + ((f.index - vma.pgoff) << pt.page_shift))
+        hi = min(hi, vma.start + ((f.index + f.nr - vma.pgoff) << pt.page_shift))
+        if lo >= hi:
+            return out
+    for idx in range(lo >> pt.pmd_shift, ((hi - 1) >> pt.pmd_shift) + 1):
         s = pt.slots.get(idx)
         if not isinstance(s, PteTable):
             continue
         base = idx << pt.pmd_shift
-        for i in sorted(s.ptes):
-            pte = s.ptes[i]
+        first = (max(lo, base) - base) >> pt.page_shift
+        last = (min(hi, base + (1 << pt.pmd_shift)) - base) >> pt.page_shift
+        ptes = s.ptes
+        for i in (range(first, last) if last - first < len(ptes) else sorted(ptes)):
+            pte = ptes.get(i)
+            if pte is None:
+                continue
             a = base + (i << pt.page_shift)
-            if pte.kind == PTE_PAGE and pte.folio is f and vma.start <= a < vma.end:
+            if pte.kind == PTE_PAGE and pte.folio is f and lo <= a < hi:
                 out.append((a, pte))
     return out
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from thpsim.model.folio import ZERO, Content, content_is_zero, content_write
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_PAGE, PTE_SWAP, HugePmd, PteTable, SwapPmd
 from thpsim.observation import ContractRule, ContractViolation
 
 __all__ = ["Ranges", "Shadow", "compare", "model_contents"]
@@ -132,8 +132,8 @@ def model_contents(k: Kernel, mm: MM, ranges: Ranges = None) -> dict[int, Conten
         items = [(i, pt.slots[i]) for i in idxs if i in pt.slots]
     for idx, s in items:
         base = idx << pt.pmd_shift
-        if isinstance(s, HugePmd):
-            f = s.folio
+        if isinstance(s, HugePmd | SwapPmd):
+            f = s.content if isinstance(s, SwapPmd) else s.folio
             if f is None:
                 continue
             if f.pages is None and content_is_zero(f.default):

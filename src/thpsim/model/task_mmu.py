@@ -13,7 +13,7 @@ from __future__ import annotations
 from thpsim.model import huge_memory
 from thpsim.model.folio import Folio
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, PteTable
+from thpsim.model.pgtable import PTE_GUARD, PTE_PAGE, PTE_SWAP, PTE_ZERO, HugePmd, PteTable, SwapPmd
 from thpsim.model.vma import VM_LOCKED
 from thpsim.observation import ProcObs, Run, VmaObs, merge_runs
 
@@ -54,6 +54,9 @@ def smaps(k: Kernel, mm: MM, base: int) -> tuple[VmaObs, ...]:
                     pss_locked += sum(_pss(f, i, page) for i in range(f.nr)) if f.refcount() != 1 else \
                         size << PSS_SHIFT
                 continue
+            if isinstance(s, SwapPmd):
+                swap += k.pmd_size       # smaps_pmd_entry of a PMD swap entry: Swap, no Rss
+                continue
             base_addr = idx << pt.pmd_shift
             lo = max(v.start, base_addr)
             hi = min(v.end, base_addr + k.pmd_size)
@@ -93,8 +96,8 @@ def pagemap_runs(k: Kernel, mm: MM, base: int) -> tuple[Run, ...]:
     for idx in sorted(pt.slots):
         s = pt.slots[idx]
         a = (idx << shift) - base
-        if isinstance(s, HugePmd):
-            kind = "pmd_zero" if s.is_zero else "pmd"
+        if isinstance(s, HugePmd | SwapPmd):
+            kind = "swap" if isinstance(s, SwapPmd) else "pmd_zero" if s.is_zero else "pmd"
             if runs and runs[-1][1] == a and runs[-1][2] == kind:
                 runs[-1][1] = a + pmd_size
             else:

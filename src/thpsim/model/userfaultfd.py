@@ -33,7 +33,7 @@ from collections.abc import Callable
 from thpsim.model import huge_memory, mprotect, rmap
 from thpsim.model.errnos import EAGAIN, EBUSY, EEXIST, EINVAL, ENOENT, ENOMEM
 from thpsim.model.kernel import MM, Kernel
-from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable
+from thpsim.model.pgtable import PTE_PAGE, HugePmd, Pte, PteTable, SwapPmd
 from thpsim.model.vma import VM_UFFD_WP, Vma
 from thpsim.model.vma_modify import vma_modify_flags
 
@@ -50,7 +50,7 @@ def move_pages(k: Kernel, mm: MM, src: int, dst: int, length: int) -> tuple[int,
     moved = 0
     while moved < length:
         s, d = src + moved, dst + moved
-        if isinstance(mm.pt.slot(s), HugePmd):
+        if isinstance(mm.pt.slot(s), HugePmd | SwapPmd):
             rc = _move_huge_pmd(k, mm, s, d, whole=length - moved >= k.pmd_size)
             if rc < 0:
                 return (EAGAIN if moved else rc), moved
@@ -73,6 +73,8 @@ def _move_huge_pmd(k: Kernel, mm: MM, s: int, d: int, *, whole: bool) -> int:
         if not k.pmd_alloc(mm, d):
             return ENOMEM
         hp = pt.slots[d >> pt.pmd_shift] = pt.slots.pop(s >> pt.pmd_shift)
+        if isinstance(hp, SwapPmd):
+            return p                                       # a PMD swap entry moves whole, no split (PMD swap v1)
         assert isinstance(hp, HugePmd)
         _move_anon_rmap(k, mm, hp, d)
         huge_memory.move_deposited_table(k, mm, s, d)   # move_pages_huge_pmd: always

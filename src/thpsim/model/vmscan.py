@@ -55,10 +55,18 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     base = swap.alloc(f.order)
     if base is None:
         return _split_and_swap(k, f, memalloc=memalloc, caller=caller) if f.large else Reclaimed.ACTIVATED
-    # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries
+    # swap out whole (CONFIG_THP_SWAP): split every PMD mapping in try_to_unmap_one, then swap entries; under
+    # lazy-pmd-swap a PMD-mappable swap-cache folio is unmapped without TTU_SPLIT_HUGE_PMD: PMD swap entries
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
+    pmd_swap = None
+    if k.design.pmd_swap and f.large and f.nr == k.nr:
+        content = Folio(0, f.order, f.nr)
+        content.default, content.pages = f.default, dict(f.pages) if f.pages else None
+
+        def pmd_swap(mm: MM, addr: int, hp: HugePmd) -> None:
+            huge_memory.set_pmd_swap_entry(k, mm, addr, hp, content, base)
     unmapped = rmap.try_to_unmap(k, f, caller=f"{caller}/try_to_unmap_one", memalloc=memalloc,
-                                 per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma, base))
+                                 per_vma=lambda mm, vma: _swap_out_vma(k, f, mm, vma, base), pmd_swap=pmd_swap)
     for s in range(base, base + f.nr):
         swap.free(s)     # the swap cache's reference (the model has no swap cache: the entries keep theirs)
     if not unmapped:

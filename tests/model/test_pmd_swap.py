@@ -1,0 +1,126 @@
+"""lazy-pmd-swap: PMD-level swap entries (the follow-up series, docs/pmd-swap.md) on top of the lazy series.
+
+    main ─fork─> c1, c2        one THP [0, 2M) mapped by three processes, reclaimed to swap:
+                               each PMD becomes one PMD swap entry (512 slots), no PTE table is allocated
+"""
+
+from __future__ import annotations
+
+from vmtest import THP, A, consistent, ev, kernel, mapped, set_fail, tables, thp
+
+from thpsim.model import fork, memory, mremap, uaccess, vmscan
+from thpsim.model.kernel import VM_FAULT_OOM
+from thpsim.model.page_alloc import FailPolicy
+from thpsim.model.pgtable import PTE_SWAP, HugePmd, PteTable, SwapPmd
+
+
+def _shared_thp(n: int, **knobs: object):  # noqa: ANN202
+    k = kernel("lazy-pmd-swap", swap=True, **knobs)
+    mm = mapped(k, 0, THP)
+    hp = thp(k, mm)
+    assert uaccess.access(k, mm, A, A + THP, write=True, stride=4096, fill=True, byte=9)[0] == 0
+    for i in range(1, n):
+        assert fork.do_fork(k, mm, f"c{i}") == 0
+    return k, mm, hp.folio
+
+
+def test_reclaim_installs_a_pmd_swap_entry_per_mapping_without_tables() -> None:
+    k, mm, f = _shared_thp(3)
+    before = [tables(m) for m in k.procs.values()]
+    allocs = len(k.alloc.log)
+    set_fail(k, "pte_alloc_one@rmap_prealloc")            # nothing may ask for a table
+    assert vmscan.shrink_folio(k, f) is vmscan.Reclaimed.SWAPPED
+    assert all(isinstance(m.pt.slot(A), SwapPmd) for m in k.procs.values())
+    assert [tables(m) for m in k.procs.values()] == before and len(k.alloc.log) == allocs
+    assert ev(k, "thp_swpout") == 1 and ev(k, "thp_split_pmd") == 0
+    assert all(m.swap_ents == 512 and m.anon_pages == 0 for m in k.procs.values())
+    assert k.swap is not None and k.swap.references() == 3 * 512
+    consistent(k)
+
+
+def test_no_free_cluster_falls_back_to_the_split_and_needs_tables() -> None:
+    """Fragmented swap (Matthew Wilcox's concern): no whole cluster → split_folio_to_list, and under lazy the
+    folio split's rmap walk needs one table per mapping again."""
+    k, mm, f = _shared_thp(3, swap_clusters=4, swap_fragmented=4)
+    assert vmscan.shrink_folio(k, f) is vmscan.Reclaimed.SPLIT_SWAPPED
+    assert ev(k, "thp_swpout_fallback") == 1 and ev(k, "thp_split_pmd") == 3
+    assert sum(1 for r in k.alloc.log if r.site.startswith("pte_alloc_one@rmap_prealloc")) == 3
+    assert not any(isinstance(m.pt.slot(A), SwapPmd) for m in k.procs.values())
+    consistent(k)
+
+
+def test_swap_in_maps_the_thp_whole_and_keeps_the_data() -> None:
+    k, mm, f = _shared_thp(1)
+    vmscan.shrink_folio(k, f)
+    rc, data, _ = uaccess.access(k, mm, A + 4096, A + 8192, write=False, stride=4096, fill=False, byte=0)
+    assert rc == 0 and data == bytes([9])
+    hp = mm.pt.slot(A)
+    assert isinstance(hp, HugePmd) and hp.write                # exclusive entry, writable VMA
+    assert mm.swap_ents == 0 and k.swap is not None and k.swap.references() == 0
+    consistent(k)
+
+
+def test_swap_in_without_a_thp_splits_and_under_lazy_needs_a_table() -> None:
+    k, mm, f = _shared_thp(1)
+    vmscan.shrink_folio(k, f)
+    set_fail(k, "folio@swapin")
+    assert memory.handle_mm_fault(k, mm, A, False) == 0     # split into 512 PTE swap entries, one swapped in
+    t = mm.pt.slot(A)
+    assert isinstance(t, PteTable) and sum(1 for p in t.ptes.values() if p.kind == PTE_SWAP) == 511
+    consistent(k)
+    # no free page at all: no folio, and the split's table fails too (lazy): VM_FAULT_OOM, the entry stays
+    k2, mm2, f2 = _shared_thp(1)
+    vmscan.shrink_folio(k2, f2)
+    k2.alloc.set_policy(FailPolicy(budget_pages=k2.alloc.pages_in_use), counted=0)
+    assert memory.handle_mm_fault(k2, mm2, A, False) == VM_FAULT_OOM
+    assert isinstance(mm2.pt.slot(A), SwapPmd) and ev(k2, "thp_split_pmd_failed") == 1
+    consistent(k2)
+
+
+def test_fork_zap_and_partial_munmap_of_a_swap_pmd() -> None:
+    k, mm, f = _shared_thp(1)
+    vmscan.shrink_folio(k, f)
+    assert fork.do_fork(k, mm, "child") == 0
+    child = k.procs["child"]
+    assert isinstance(child.pt.slot(A), SwapPmd) and child.swap_ents == 512
+    assert k.swap is not None and k.swap.references() == 1024
+    v = child.vmas.find(A)
+    assert v is not None
+    memory.zap_pmd_range(k, child, v, A, A + THP)            # whole: the slots lose the child's references
+    assert child.swap_ents == 0 and k.swap.references() == 512
+    memory.zap_pmd_range(k, mm, mm.vmas.find(A), A, A + 4096)   # partial: split (a table), one slot freed
+    t = mm.pt.slot(A)
+    assert isinstance(t, PteTable) and mm.swap_ents == 511 and ev(k, "thp_split_pmd") == 1
+    consistent(k)
+
+
+def test_mremap_moves_a_whole_swap_pmd() -> None:
+    k, mm, f = _shared_thp(1)
+    vmscan.shrink_folio(k, f)
+    new = A + 64 * THP
+    assert mremap.do_mremap(k, mm, A, THP, THP, ("maymove", "fixed"), new) == new
+    assert isinstance(mm.pt.slot(new), SwapPmd) and mm.pt.slot(A) is None
+    consistent(k)
+
+
+def test_without_swap_out_lazy_pmd_swap_is_lazy() -> None:
+    """Every series scenario and the five selftests (with and without injection) behave exactly as under lazy:
+    PMD swap entries only change what reclaim to swap does."""
+    import glob
+    import os
+
+    from thpsim.analysis.selftest import run_selftests
+    from thpsim.model.engine import run_model
+    from thpsim.trace import format as tf
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
+    for path in sorted(glob.glob(os.path.join(root, "scenarios", "series", "*.jsonl"))):
+        t = tf.load(path)
+        if any(op.kind == "reclaim" for op in t.ops) and dict(t.header.kernel).get("swap"):
+            continue                                    # reclaim to swap: where the designs differ
+        a = run_model(t, design="lazy", check=True, shadow=True)
+        b = run_model(t, design="lazy-pmd-swap", check=True, shadow=True)
+        assert a.steps == b.steps, path
+    for inject in (False, True):
+        lazy = [(r.name, r.status) for r in run_selftests("lazy", inject=inject)]
+        assert [(r.name, r.status) for r in run_selftests("lazy-pmd-swap", inject=inject)] == lazy
