@@ -237,17 +237,20 @@ def __split_huge_pmd(k: Kernel, mm: MM, vma: Vma, addr: int, *, caller: str,
     allocated = split_pgtable_alloc(k, caller)
     if allocated < 0:
         return allocated
-    if isinstance(slot, HugePmd):
+    if isinstance(slot, HugePmd | SwapPmd):
         __split_huge_pmd_locked(k, mm, vma, haddr, slot, caller=caller)
-    elif isinstance(slot, SwapPmd):
-        split_swap_pmd_locked(k, mm, haddr, slot, caller=caller)
     elif allocated:
         k.pte_free()   # split_huge_pmd_locked found no huge PMD: the fresh table is freed, never counted
     return 0
 
 
-def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd, *, caller: str) -> PteTable:
-    """Replace a huge PMD by a PTE table holding equivalent entries (the table is withdrawn or pre-allocated)."""
+def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd | SwapPmd, *,
+                            caller: str) -> PteTable:
+    """Replace a huge PMD by a PTE table holding equivalent entries (the table is withdrawn or pre-allocated).
+
+    A PMD swap entry (``lazy-pmd-swap``; the swap branch of PMD swap entries v2 08/16) becomes 512 PTE swap
+    entries for its consecutive slots, the exclusive bit kept; no folio reference (they point at slots). Each
+    PTE's stand-in folio holds its page's content and its slot (``index``); the slots' references pass to them."""
     k.vmstat.count("thp_split_pmd")
     k.log.split_sites.append(caller)
     pt = mm.pt
@@ -255,6 +258,14 @@ def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd
     table = PteTable()
     pt.slots[haddr >> pt.pmd_shift] = table
     ptes = table.ptes
+    if isinstance(hp, SwapPmd):
+        for i in range(k.nr):
+            d = Folio(0, 0, 1)
+            d.default = hp.content.content(i)
+            d.index = hp.base + i
+            d.anon_exclusive = hp.exclusive
+            ptes[i] = Pte(PTE_SWAP, d)
+        return table
     if hp.is_zero:
         for i in range(k.nr):
             ptes[i] = Pte(PTE_ZERO)
@@ -268,25 +279,6 @@ def __split_huge_pmd_locked(k: Kernel, mm: MM, vma: Vma, haddr: int, hp: HugePmd
     contpte_fold_all(table, k.nr, k.arch.cont_ptes)          # one set_ptes() of the whole folio
     rmap.folio_add_anon_rmap_ptes(k, mm, f, range(k.nr), count_rss=False)
     rmap.folio_remove_rmap_pmd(k, mm, f, count_rss=False)
-    return table
-
-
-def split_swap_pmd_locked(k: Kernel, mm: MM, haddr: int, sp: SwapPmd, *, caller: str) -> PteTable:
-    """The swap branch of __split_huge_pmd_locked (PMD swap entries v2 08/16): 512 PTE swap entries for the
-    consecutive slots, the exclusive and uffd-wp bits kept; no folio reference (they point at slots). Each PTE's
-    stand-in folio holds its page's content and its slot (``index``); the slots' references pass to the PTEs."""
-    k.vmstat.count("thp_split_pmd")
-    k.log.split_sites.append(caller)
-    pt = mm.pt
-    split_pgtable_take(k, mm, haddr)
-    table = PteTable()
-    pt.slots[haddr >> pt.pmd_shift] = table
-    for i in range(k.nr):
-        d = Folio(0, 0, 1)
-        d.default = sp.content.content(i)
-        d.index = sp.base + i
-        d.anon_exclusive = sp.exclusive
-        table.ptes[i] = Pte(PTE_SWAP, d)
     return table
 
 
