@@ -89,3 +89,21 @@ def test_cli_json_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
     assert main(["review", "hugh", "--ns", "0"]) == 2
     assert "at least 1" in capsys.readouterr().err
     assert main(["review", "hugh", "--ns", "x"]) == 2
+
+
+def test_the_html_report_carries_the_heat_maps(cells: list[hugh.HughCell]) -> None:
+    import dataclasses
+
+    from thpsim.analysis.report import build_report, render_html
+    from thpsim.analysis.report.data import from_json, to_json
+
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    data = build_report([os.path.join(root, "scenarios", "fault-thp-2m.jsonl")], designs=("upstream", "lazy"))
+    assert '"hugh"' not in to_json(data)                       # reports without the sweep keep their format
+    with_hugh = dataclasses.replace(data, hugh=[dataclasses.asdict(c) for c in cells])
+    page = render_html(with_hugh)
+    assert "<h2>Hugh's reclaim case</h2>" in page and page.count("data:image/png;base64,") >= 2
+    assert "no table @5 4 -4" in page
+    assert from_json(to_json(with_hugh)) == with_hugh

@@ -34,6 +34,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from thpsim.model.page_alloc import FailPolicy
 
         kw["pressure"] = FailPolicy(probability=args.pressure, seed=args.seed)
+    if args.hugh:
+        kw["hugh"] = True
     data = build_report(args.traces, **kw)
     write_html(data, args.output)
     images: list[str] = []
@@ -54,6 +56,8 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     O.DESIGNS_OPT.with_(help="comma-separated designs (default: all)").add(p)
     p.add_argument("--pressure", type=float, help="also replay lazy designs with this allocation-failure "
                    "probability")
+    p.add_argument("--hugh", action="store_true", help="add the sweep of Hugh's reclaim case (heat maps; "
+                   "about 45 s)")
     O.SEED.add(p)
     O.add_model_opts(p, design=None)
 

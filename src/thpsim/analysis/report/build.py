@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from thpsim.analysis.hugh import hugh_sweep
 from thpsim.analysis.report.data import (
     CONTRACT_MODES,
     DesignResult,
@@ -228,7 +229,7 @@ def _fields(obj: FailPolicy | Knobs | None) -> dict[str, Any] | None:
 def build_report(paths: list[str], *, designs: tuple[str, ...] = DEFAULT_DESIGNS,
                  pressure: FailPolicy | None = None, arch: str = "x86_64",
                  progress: Progress | None = None, knobs: Knobs | None = None,
-                 contract: str = "op") -> ReportData:
+                 contract: str = "op", hugh: bool = False) -> ReportData:
     """Replay every trace in *paths* under every design in *designs* and collect the report data.
 
     A trace that cannot be loaded becomes an entry with ``error`` set (one line naming file:line); the others are
@@ -250,8 +251,9 @@ def build_report(paths: list[str], *, designs: tuple[str, ...] = DEFAULT_DESIGNS
             t = dataclasses.replace(t, runs=_with_savings([r for r in res if not r.pressure]),
                                     pressure_runs=[r for r in res if r.pressure])
         traces.append(t)
+    sweep = [dataclasses.asdict(c) for c in hugh_sweep()] if hugh else []
     return ReportData(traces=traces, designs=names, arch=arch, pressure=_fields(pressure),
                       knobs=_fields(knobs) if knobs != Knobs() else None, contract=contract,
-                      design_descriptions={d: DESIGNS[d].description for d in names})
+                      design_descriptions={d: DESIGNS[d].description for d in names}, hugh=sweep)
 
 __all__ = ["build_report", "DEFAULT_DESIGNS", "MAX_LISTED", "Progress"]

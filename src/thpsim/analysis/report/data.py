@@ -108,6 +108,8 @@ class ReportData:
     thpsim_version: str = __version__
     format: int = REPORT_FORMAT
     design_descriptions: dict[str, str] = field(default_factory=dict)
+    # Hugh's reclaim sweep (thpsim.analysis.hugh.HughCell fields per cell), if the report was asked for it
+    hugh: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def errors(self) -> list[TraceReport]:
@@ -126,8 +128,12 @@ def _plain(obj: Any) -> Any:
 
 
 def to_json(data: ReportData) -> str:
-    """Deterministic JSON (fixed key order, no timestamps); :func:`from_json` reads it back."""
-    return json.dumps(_plain(data), indent=1, ensure_ascii=False) + "\n"
+    """Deterministic JSON (fixed key order, no timestamps); :func:`from_json` reads it back. A report without the
+    Hugh sweep has no ``hugh`` key (the format of reports written before it)."""
+    obj = _plain(data)
+    if not obj["hugh"]:
+        del obj["hugh"]
+    return json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
 
 
 def _design_from(d: dict[str, Any]) -> DesignResult:

@@ -263,13 +263,29 @@ def _designs(data: ReportData) -> list[str]:
             + _CONTRACT_NOTE.get(data.contract, "") + "</p>"]
 
 
+def _hugh(data: ReportData, plots: Any) -> list[str]:
+    """Hugh's reclaim case (``thpsim report --hugh``): the heat maps and the table of the sweep."""
+    if not data.hugh:
+        return []
+    from thpsim.analysis.hugh import HughCell, format_sweep, sweep_figure
+
+    cells = [HughCell(**c) for c in data.hugh]
+    return ["<h2>Hugh's reclaim case</h2>",
+            "<p>One anonymous THP mapped by N processes is reclaimed to swap, with no free page when reclaim "
+            "starts, per design and share of fragmented swap clusters: net pages freed (colour), S where the THP "
+            "left memory. Lazy needs one PTE table per mapping from the PF_MEMALLOC reserves; lazy-pmd-swap "
+            "needs none while a whole swap cluster is free (see <code>thpsim review hugh</code>).</p>",
+            _img(plots.png(sweep_figure(cells)), "Heat maps: net pages freed per N and reserve pages, per design"),
+            f"<pre>{_e(format_sweep(cells))}</pre>"]
+
+
 def render_html(data: ReportData) -> str:
     """The report as one self-contained HTML document (a str)."""
     from thpsim.analysis import plots  # matplotlib: only when a report is rendered
 
     traces = [line for i, t in enumerate(data.traces) for line in _trace_section(i, t, plots)]
     return _template().substitute(version=_e(data.thpsim_version), overview=_lines(_overview(data)),
-                                  summary=_lines(_summary(data, plots)), traces=_lines(traces),
+                                  summary=_lines(_summary(data, plots) + _hugh(data, plots)), traces=_lines(traces),
                                   designs=_lines(_designs(data)))
 
 
