@@ -93,11 +93,10 @@ def test_cli_json_and_bad_arguments(capsys: pytest.CaptureFixture[str], tmp_path
 
 def test_the_html_report_carries_the_heat_maps(cells: list[hugh.HughCell]) -> None:
     import dataclasses
+    import os
 
     from thpsim.analysis.report import build_report, render_html
     from thpsim.analysis.report.data import from_json, to_json
-
-    import os
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     data = build_report([os.path.join(root, "scenarios", "fault-thp-2m.jsonl")], designs=("upstream", "lazy"))
