@@ -29,6 +29,9 @@ class Arch:
     pagetable_page_bytes: int = 4096      # NR_PAGETABLE unit for one PTE table (whole pages)
     validated_live: bool = False
     cont_ptes: int = 0                    # arm64 CONT_PTES (contpte blocks; 0: no contiguous-PTE folding)
+    # pmd_swp_*exclusive helpers of the PMD-level swap entries series (x86, arm64, s390, riscv, loongarch):
+    # elsewhere reclaim keeps splitting the PMD (design lazy-pmd-swap becomes lazy)
+    pmd_swap_entries: bool = True
 
     @property
     def pmd_nr_pagetable_bytes(self) -> int:
@@ -71,10 +74,11 @@ ARCHES: dict[str, Arch] = {
         Arch("arm64-64k", 65536, 8192, 65536, 65536, 0, 8192, 64, pagetable_page_bytes=65536, cont_ptes=32),
         # book3s64 hash, 64K pages: H_PTE_INDEX_SIZE 8 (2 KiB PTE fragments), 16 MiB PMD THPs,
         # H_PMD_INDEX_SIZE/H_PUD_INDEX_SIZE 10; the deposit is required (arch_needs_pgtable_deposit)
-        Arch("ppc64-hash", 65536, 256, 2048, 8192, 8192, 1024, 1024, needs_pgtable_deposit=True,
+        Arch("ppc64-hash", 65536, 256, 2048, 8192, 8192, 1024, 1024, needs_pgtable_deposit=True, pmd_swap_entries=False,
              pagetable_page_bytes=65536),
         # book3s64 radix, 64K pages: R_PTE_INDEX_SIZE 5 (256-byte fragments), R_PMD/PUD_INDEX_SIZE 9, 2 MiB THPs
-        Arch("ppc64-radix", 65536, 32, 256, 4096, 4096, 512, 512, pagetable_page_bytes=65536),
+        Arch("ppc64-radix", 65536, 32, 256, 4096, 4096, 512, 512, pagetable_page_bytes=65536,
+             pmd_swap_entries=False),
         # s390x: 2 KiB PTE tables (256 entries, a full 4K page since v6.7), 1 MiB segments, 16 KiB CRST tables
         Arch("s390x", 4096, 256, 2048, 16384, 16384, 2048, 2048, pagetable_page_bytes=4096),
         Arch("riscv64", 4096, 512, 4096, 4096, 4096, 512, 512),

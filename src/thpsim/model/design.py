@@ -112,10 +112,14 @@ class Design:
             raise ThpsimError(f"design {self.name!r}: rmap_tables='reserve_pool' needs reserve_pool_size > 0")
 
     def for_arch(self, arch: Arch) -> Design:
-        """arch_needs_pgtable_deposit() overrides the design (powerpc hash keeps the deposit)."""
-        if arch.needs_pgtable_deposit and not self.deposit:
-            return replace(self, deposit=True)
-        return self
+        """arch_needs_pgtable_deposit() overrides the design (powerpc hash keeps the deposit), and an arch without
+        the PMD swap entry helpers keeps splitting at swap-out (pmd_swap off)."""
+        d = self
+        if d.pmd_swap and not arch.pmd_swap_entries:
+            d = replace(d, pmd_swap=False)
+        if arch.needs_pgtable_deposit and not d.deposit:
+            d = replace(d, deposit=True, pmd_swap=False)
+        return d
 
     @property
     def split_can_fail(self) -> bool:
