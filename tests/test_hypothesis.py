@@ -105,6 +105,12 @@ class ModelMachine(RuleBasedStateMachine):
         self.do("reclaim", proc=proc, start=slot, length=length)
 
     @precondition(lambda self: self.force_swap)
+    @rule()
+    def swapoff(self) -> None:
+        """swapoff: every swap entry (PMD ones whole) back in, then no more swap."""
+        self.do("swapoff")
+
+    @precondition(lambda self: self.force_swap)
     @rule(slot=st.sampled_from(SLOTS), share=st.booleans())
     def thp_then_reclaim(self, slot: int, share: bool) -> None:
         """A fresh THP (shared with a child if ``share``) swapped out at once: PMD swap entries for the other

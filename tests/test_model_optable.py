@@ -19,7 +19,7 @@ from thpsim.trace import ops as T
 
 def test_one_definition_per_op_class() -> None:
     classes = typing.get_args(T.Op)
-    assert len(classes) == len(T.OP_DEFS) == 22
+    assert len(classes) == len(T.OP_DEFS) == 23
     assert {c.kind for c in classes} == set(T.OP_DEFS)
     assert all(d.cls.kind == k and d.cls in classes for k, d in T.OP_DEFS.items())
     # the kind is a class attribute, not a field
@@ -30,7 +30,7 @@ def test_derived_names_and_the_format_reexports() -> None:
     assert tf.OP_FIELDS is T.OP_FIELDS and tf.MODEL_ONLY_OPS is T.MODEL_ONLY_OPS
     assert set(T.OP_FIELDS) == set(T.OP_DEFS)
     model_only, region = T.MODEL_ONLY_OPS, T.REGION_OPS
-    assert model_only == {"khugepaged", "shrink_deferred", "reclaim", "gup", "uffd_move", "pagemap_scan_wp",
+    assert model_only == {"khugepaged", "shrink_deferred", "swapoff", "reclaim", "gup", "uffd_move", "pagemap_scan_wp",
                           "migrate"}
     assert region == {k for k, d in T.OP_DEFS.items() if issubclass(d.cls, T.RangeOp)} - {"mmap"}
 
@@ -60,7 +60,7 @@ def test_registering_a_second_model_handler_or_an_unknown_class_fails() -> None:
 
 def test_scopes() -> None:
     anywhere = {k for k, s in OPS.items() if s.scope is Scope.ANYWHERE}
-    assert anywhere == {"fork", "khugepaged", "shrink_deferred", "reclaim", "migrate", "gup", "expect"}
+    assert anywhere == {"fork", "khugepaged", "shrink_deferred", "swapoff", "reclaim", "migrate", "gup", "expect"}
     assert [k for k, s in OPS.items() if s.scope is Scope.NOTHING] == ["exit"]
     # a RANGE scope compares the op's range: only range ops have one
     assert all(issubclass(T.OP_DEFS[k].cls, T.RangeOp) for k, s in OPS.items() if s.scope is Scope.RANGE)
@@ -119,7 +119,7 @@ def test_dump_parse_round_trip_per_kind() -> None:
     text = TEXT + "\n".join([
         '{"op": "mprotect", "id": "a", "prot": "r"}', '{"op": "mlock", "id": "a", "flags": ["onfault"]}',
         '{"op": "munlock", "id": "a"}', '{"op": "read", "id": "a", "stride": "2M"}', '{"op": "khugepaged"}',
-        '{"op": "shrink_deferred"}', '{"op": "reclaim", "id": "a"}', '{"op": "gup", "id": "a", "flags": ["pin"]}',
+        '{"op": "shrink_deferred"}', '{"op": "swapoff"}', '{"op": "reclaim", "id": "a"}', '{"op": "gup", "id": "a", "flags": ["pin"]}',
         '{"op": "uffd_move", "id": "a", "len": "2M", "to": "100M"}', '{"op": "pagemap_scan_wp", "id": "a"}',
         '{"op": "uffd_register", "id": "a"}', '{"op": "uffd_wp", "id": "a"}', '{"op": "uffd_unregister", "id": "a"}',
         '{"op": "migrate", "id": "a"}', '{"op": "expect", "note": "end"}',

@@ -170,3 +170,33 @@ def test_arches_without_pmd_swap_helpers_keep_splitting() -> None:
     assert not radix.pmd_swap and not radix.deposit
     hashed = d.for_arch(ARCHES["ppc64-hash"])
     assert not hashed.pmd_swap and hashed.deposit
+
+
+def test_swapoff_swaps_pmd_entries_back_in_whole() -> None:
+    """swapoff: unuse_pmd maps a PMD swap entry back whole; without a PMD-order folio it splits the entry (a
+    table under lazy) and unuse_pte swaps the pages in one by one; no device: EINVAL."""
+    from thpsim.model import swapfile_unuse
+    from thpsim.model.errnos import EINVAL, ENOMEM
+
+    k, mm, f = _shared_thp(2)
+    vmscan.shrink_folio(k, f)
+    assert swapfile_unuse.sys_swapoff(k) == 0
+    assert all(isinstance(m.pt.slot(A), HugePmd) and m.swap_ents == 0 for m in k.procs.values())
+    assert k.swap is None and swapfile_unuse.sys_swapoff(k) == EINVAL
+    rc, data, _ = uaccess.access(k, mm, A, A + 4096, write=False, stride=4096, fill=False, byte=0)
+    assert rc == 0 and data == bytes([9])
+    consistent(k)
+    # no THP to read into: split, then 512 order-0 folios
+    k2, mm2, f2 = _shared_thp(1)
+    vmscan.shrink_folio(k2, f2)
+    set_fail(k2, "folio@swapin")
+    assert swapfile_unuse.sys_swapoff(k2) == 0
+    t = mm2.pt.slot(A)
+    assert isinstance(t, PteTable) and mm2.swap_ents == 0 and mm2.anon_pages == 512
+    consistent(k2)
+    # and nothing at all to read into: ENOMEM, the device stays
+    k3, mm3, f3 = _shared_thp(1)
+    vmscan.shrink_folio(k3, f3)
+    k3.alloc.set_policy(FailPolicy(budget_pages=k3.alloc.pages_in_use), counted=0)
+    assert swapfile_unuse.sys_swapoff(k3) == ENOMEM and k3.swap is not None
+    consistent(k3)

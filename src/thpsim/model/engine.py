@@ -41,6 +41,7 @@ from thpsim.model import (
     mmap,
     mprotect,
     mremap,
+    swapfile_unuse,
     task_mmu,
     uaccess,
     userfaultfd,
@@ -85,6 +86,7 @@ from thpsim.trace.ops import (
     Read,
     Reclaim,
     ShrinkDeferred,
+    Swapoff,
     UffdMove,
     UffdRegister,
     UffdUnregister,
@@ -294,6 +296,11 @@ def _khugepaged(sim: Simulator, mm: MM, op: Khugepaged, a: int) -> OpResult:
 @_op(ShrinkDeferred, "mm/huge_memory.c deferred_split_scan", scope=Scope.ANYWHERE)
 def _shrink_deferred(sim: Simulator, mm: MM, op: ShrinkDeferred, a: int) -> OpResult:
     return deferred_split_scan(sim.k), None
+
+
+@_op(Swapoff, "mm/swapfile.c try_to_unuse (swapoff)", scope=Scope.ANYWHERE)
+def _swapoff(sim: Simulator, mm: MM, op: Swapoff, a: int) -> OpResult:
+    return _result(swapfile_unuse.sys_swapoff(sim.k)), None
 
 
 @_op(Reclaim, "mm/vmscan.c shrink_folio_list (kswapd)", scope=Scope.ANYWHERE)

@@ -44,7 +44,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
         return _discard_lazyfree(k, f, memalloc=memalloc, caller=caller)
     if f.large and f.partially_mapped:
         return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=False)
-    if not k.knobs.swap:
+    if k.swap is None:               # no swap device (or swapoff removed it)
         return _split_and_keep(k, f, memalloc=memalloc, caller=caller, fallback=True) if f.large else Reclaimed.ACTIVATED
     swap = k.swap
     assert swap is not None

@@ -165,6 +165,13 @@ class ShrinkDeferred(OpBase):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Swapoff(OpBase):
+    """swapoff(2) of the (one) swap device: every swap entry of every process is swapped back in."""
+
+    kind: ClassVar[str] = "swapoff"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Reclaim(RangeOp):
     kind: ClassVar[str] = "reclaim"
 
@@ -219,7 +226,7 @@ class Expect(OpBase):
 
 
 Op: TypeAlias = (Mmap | Munmap | Mprotect | Mremap | Mlock | Munlock | Madvise | Write | Read | Fork | Exit
-                 | Khugepaged | ShrinkDeferred | Reclaim | Gup | UffdMove | PagemapScanWp | UffdRegister | UffdWp
+                 | Khugepaged | ShrinkDeferred | Swapoff | Reclaim | Gup | UffdMove | PagemapScanWp | UffdRegister | UffdWp
                  | UffdUnregister | Migrate | Expect)
 
 
@@ -631,6 +638,7 @@ _DEFS: tuple[OpDef[Any], ...] = (
     OpDef(Exit, (), (), _parse_exit, _no_fields, _no_detail),
     OpDef(Khugepaged, (), (), _bare(Khugepaged), _no_fields, _no_detail, model_only=True),
     OpDef(ShrinkDeferred, (), (), _bare(ShrinkDeferred), _no_fields, _no_detail, model_only=True),
+    OpDef(Swapoff, (), (), _bare(Swapoff), _no_fields, _no_detail, model_only=True),
     OpDef(Reclaim, (), _REGION, _plain_range(Reclaim), _at_len, _no_detail, model_only=True),
     OpDef(Gup, (), (*_REGION, "flags"), _parse_gup, _dump_with_flags, _describe_with_flags, model_only=True),
     OpDef(UffdMove, ("to",), _REGION, _parse_uffd_move, _dump_uffd_move, _no_detail, model_only=True),
@@ -655,7 +663,7 @@ __all__ = [
     "MREMAP_FLAGS", "OP_DEFS", "OP_FIELDS", "PROTS", "REGION_OPS",
     "Access", "Exit", "Expect", "Fork", "Gup", "Inject", "Khugepaged", "Madvise", "Migrate", "Mlock", "Mmap",
     "Mprotect", "Mremap", "Munlock", "Munmap", "Op", "OpBase", "OpDef", "PagemapScanWp", "ParseContext", "Placer",
-    "RangeOp", "Read", "Reclaim", "ShrinkDeferred", "UffdMove", "UffdRegister", "UffdUnregister", "UffdWp",
+    "RangeOp", "Read", "Reclaim", "ShrinkDeferred", "Swapoff", "UffdMove", "UffdRegister", "UffdUnregister", "UffdWp",
     "Write",
     "check_name", "describe",
 ]
