@@ -200,3 +200,12 @@ def test_swapoff_swaps_pmd_entries_back_in_whole() -> None:
     k3.alloc.set_policy(FailPolicy(budget_pages=k3.alloc.pages_in_use), counted=0)
     assert swapfile_unuse.sys_swapoff(k3) == ENOMEM and k3.swap is not None
     consistent(k3)
+
+
+def test_zswap_ever_enabled_keeps_the_split() -> None:
+    """v2 15/16 gates the PMD swap entry on zswap_never_enabled(): zswap cannot rebuild a 2 MiB folio."""
+    k, mm, f = _shared_thp(2, zswap_ever_enabled=True)
+    assert vmscan.shrink_folio(k, f) is vmscan.Reclaimed.SWAPPED
+    assert not any(isinstance(m.pt.slot(A), SwapPmd) for m in k.procs.values())
+    assert ev(k, "thp_split_pmd") == 2 and ev(k, "thp_swpout") == 1
+    consistent(k)

@@ -39,6 +39,8 @@ class Knobs:
     # many of them start with one slot in use (a fragmented device: no whole cluster for a THP there)
     swap_clusters: int | None = None
     swap_fragmented: int = 0
+    # zswap was enabled at some point (zswap_never_enabled() false): PMD swap entries are not used (PMD swap v2)
+    zswap_ever_enabled: bool = False
     pgtable_levels: int = 4
     persistent_huge_zero: bool = False
     huge_zero_allocated: bool = False   # is the global huge zero folio already allocated at trace start?

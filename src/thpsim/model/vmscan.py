@@ -59,7 +59,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     # lazy-pmd-swap a PMD-mappable swap-cache folio is unmapped without TTU_SPLIT_HUGE_PMD: PMD swap entries
     f.swapcache = True   # add_to_swap() before try_to_unmap(): deferred_split_folio() now skips the folio
     pmd_swap = None
-    if k.design.pmd_swap and f.large and f.nr == k.nr:
+    if k.design.pmd_swap and not k.knobs.zswap_ever_enabled and f.large and f.nr == k.nr:
         content = Folio(0, f.order, f.nr)
         content.default, content.pages = f.default, dict(f.pages) if f.pages else None
 
