@@ -282,18 +282,11 @@ def _write(k: Kernel, mm: MM, addr: int, byte: int) -> None:
 
 
 def _byte_at(st: RaceState, addr: int) -> int | None:
-    """The byte the model holds at addr (None if nothing is mapped there)."""
-    mm = st.mm
-    s = mm.pt.slot(addr)
-    if isinstance(s, HugePmd):
-        f, idx = s.folio, (addr - (addr & ~(st.k.pmd_size - 1))) // K
-    elif isinstance(s, PteTable):
-        e = s.ptes.get(mm.pt.pte_index(addr))
-        if e is None:
-            return None
-        f, idx = e.folio, e.idx
-    else:
+    """The byte a read at addr would see without faulting (None if nothing is mapped there)."""
+    hit = uaccess.translate(st.k, st.mm, addr, False)
+    if hit is None:
         return None
+    f, idx, _entry = hit
     return 0 if f is None else content_byte(f.content(idx), addr % K)
 
 

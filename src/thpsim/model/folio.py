@@ -113,6 +113,11 @@ class Folio:
                 return c
         return self.default
 
+    def copy_contents(self, src: Folio) -> None:
+        """The same bytes as ``src`` (same size): a swap-out's stand-in, a swap-in's new folio."""
+        self.default = src.default
+        self.pages = dict(src.pages) if src.pages else None
+
     def set_content(self, i: int, c: Content) -> None:
         if self.pages is None:
             if c == self.default:

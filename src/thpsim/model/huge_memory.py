@@ -327,8 +327,7 @@ def do_huge_pmd_swap_page(k: Kernel, mm: MM, vma: Vma, addr: int, sp: SwapPmd) -
         if __split_huge_pmd(k, mm, vma, haddr, caller="do_huge_pmd_swap_page") != 0:
             return VM_FAULT_OOM
         return VM_FAULT_FALLBACK
-    f.default = sp.content.default
-    f.pages = dict(sp.content.pages) if sp.content.pages else None
+    f.copy_contents(sp.content)
     mm.pt.slots[haddr >> mm.pt.pmd_shift] = HugePmd(
         f, write=sp.exclusive and vma.writable and not sp.uffd_wp, dirty=False)
     rmap.folio_add_new_anon_rmap(k, mm, f, pmd=True, vma=vma, addr=haddr)

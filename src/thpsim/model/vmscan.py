@@ -61,7 +61,7 @@ def shrink_folio(k: Kernel, f: Folio, *, memalloc: bool = True, caller: str = "s
     pmd_swap = None
     if k.design.pmd_swap and not k.knobs.zswap_ever_enabled and f.large and f.nr == k.nr:
         content = Folio(0, f.order, f.nr)
-        content.default, content.pages = f.default, dict(f.pages) if f.pages else None
+        content.copy_contents(f)
 
         def pmd_swap(mm: MM, addr: int, hp: HugePmd) -> None:
             huge_memory.set_pmd_swap_entry(k, mm, addr, hp, content, base)
