@@ -206,11 +206,18 @@ def rmap_walk(k: Kernel, f: Folio) -> list[tuple[MM, int, str]]:
     return out
 
 
+def _linear_range(mm: MM, v: Vma, f: Folio) -> tuple[int, int]:
+    """vma_address(): where in v an anonymous folio can be mapped (its index against vm_pgoff), clipped to v;
+    empty (lo >= hi) if nowhere."""
+    shift = mm.pt.page_shift
+    return (max(v.start, v.start + ((f.index - v.pgoff) << shift)),
+            min(v.end, v.start + ((f.index + f.nr - v.pgoff) << shift)))
+
+
 def _vma_mappings(mm: MM, v: Vma, f: Folio) -> list[tuple[MM, int, str]]:
     """f's mappings in VMA v: its huge PMD, or its PTEs in the folio's linear range there."""
     pt = mm.pt
-    lo = max(v.start, v.start + ((f.index - v.pgoff) << pt.page_shift))
-    hi = min(v.end, v.start + ((f.index + f.nr - v.pgoff) << pt.page_shift))
+    lo, hi = _linear_range(mm, v, f)
     out: list[tuple[MM, int, str]] = []
     if lo >= hi:
         return out
@@ -351,12 +358,9 @@ def vma_ptes_of(mm: MM, vma: Vma, f: Folio) -> list[tuple[int, Pte]]:
     range is looked at; a folio without an anon_vma falls back to the whole VMA."""
     pt = mm.pt
     out: list[tuple[int, Pte]] = []
-    lo, hi = vma.start, vma.end
-    if f.mapping is not None:
-        lo = max(lo, vma.start + ((f.index - vma.pgoff) << pt.page_shift))
-        hi = min(hi, vma.start + ((f.index + f.nr - vma.pgoff) << pt.page_shift))
-        if lo >= hi:
-            return out
+    lo, hi = _linear_range(mm, vma, f) if f.mapping is not None else (vma.start, vma.end)
+    if lo >= hi:
+        return out
     for idx in range(lo >> pt.pmd_shift, ((hi - 1) >> pt.pmd_shift) + 1):
         s = pt.slots.get(idx)
         if not isinstance(s, PteTable):
